@@ -1,0 +1,3 @@
+from asyncdl._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Pure URL helpers: validation, origins, and hiding passwords."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+SCHEMES = ("http", "https")
+
+
+def usable_url_problem(url: str) -> str | None:
+    """None when ``url`` is an absolute http(s) URL with a host; else why it is not."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme.lower() not in SCHEMES:
+        return "not an http:// or https:// URL"
+    if not parts.hostname:
+        return "URL has no host"
+    if any(ch.isspace() for ch in url):
+        return "URL contains white space"
+    return None
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print or write to a report."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) replaced by ``***``."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    if password:
+        text = text.replace(url, redact_url(url)).replace(password, "***")
+    return text
