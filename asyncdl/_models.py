@@ -89,8 +89,9 @@ class Request:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mirrors", tuple(self.mirrors))
         object.__setattr__(self, "headers", _header_pairs(self.headers))
-        if isinstance(self.checksum, str):
-            object.__setattr__(self, "checksum", Checksum.parse(self.checksum))
+        checksum: object = self.checksum  # a "sha-256=HEX" string is accepted too
+        if isinstance(checksum, str):
+            object.__setattr__(self, "checksum", Checksum.parse(checksum))
 
     @property
     def urls(self) -> tuple[str, ...]:

@@ -1,0 +1,199 @@
+"""The composition root: Downloader owns the session, the pool, the limiter and the progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+from ._download import Engine, Plan, Settings
+from ._exceptions import UsageError
+from ._files import ensure_dir
+from ._http import make_session
+from ._models import BadEntry, Checksum, Request, Result
+from ._pool import bounded_map
+from ._progress import Progress
+from ._ratelimit import RateLimiter, parse_rate
+from ._retry import RetryPolicy
+
+RequestLike = str | Request
+DEFAULT_JOBS = 16
+DEFAULT_RETRIES = 5
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _header_pairs(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+) -> tuple[tuple[str, str], ...]:
+    if headers is None:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((str(k), str(v)) for k, v in items)
+
+
+class Downloader:
+    """Downloads many files at once into ``dest`` through one connection pool.
+
+    ::
+
+        async with asyncdl.Downloader(dest="out", jobs=16) as dl:
+            one = await dl.download("https://example.org/a.iso", out="a.iso")
+            async for result in dl.stream(urls):  # results as they finish
+                ...
+
+    Options (keyword-only) mirror the command line: ``jobs`` (-j), ``connections`` (-x),
+    ``retries``, ``timeout`` (stall timeout in seconds, --timeout), ``limit_rate`` (bytes/s or
+    ``"10M"``), ``headers`` (sent with every request), ``overwrite``. ``progress`` is the
+    :class:`Progress` to update (one is made when not given); read it with ``dl.progress.snapshot()``.
+    """
+
+    def __init__(
+        self,
+        dest: str | Path = ".",
+        *,
+        jobs: int = DEFAULT_JOBS,
+        connections: int = 1,
+        retries: int = DEFAULT_RETRIES,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        limit_rate: int | str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        if jobs < 1:
+            raise UsageError("jobs must be at least 1")
+        if connections < 1:
+            raise UsageError("connections must be at least 1")
+        if retries < 0:
+            raise UsageError("retries must be 0 or more")
+        if timeout is not None and timeout <= 0:
+            raise UsageError("timeout must be positive")
+        self.dest = Path(dest)
+        self.jobs = jobs
+        self.connections = connections
+        self.timeout = timeout
+        rate = parse_rate(limit_rate) if isinstance(limit_rate, str) else limit_rate
+        self.settings = Settings(
+            dest=self.dest,
+            retry=RetryPolicy(retries=retries),
+            overwrite=overwrite,
+            headers=_header_pairs(headers),
+        )
+        self.progress = progress or Progress()
+        self._limiter = RateLimiter(rate) if rate else None
+        self._engine: Engine | None = None
+        self._slots = asyncio.Semaphore(jobs)
+
+    async def __aenter__(self) -> Downloader:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Create the destination and the session (``async with`` does this for you)."""
+        if self._engine is not None:
+            return
+        await ensure_dir(self.dest)
+        session = make_session(connections=self.jobs * self.connections, stall_timeout_s=self.timeout)
+        self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Safe to call twice."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.session.close()
+
+    def _require_engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("use 'async with Downloader(...)' (or await open()) before downloading")
+        return self._engine
+
+    async def download(
+        self,
+        url: RequestLike,
+        *,
+        out: str | None = None,
+        dir: str | None = None,  # the list format's name
+        checksum: str | Checksum | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        mirrors: Iterable[str] = (),
+    ) -> Result:
+        """Download one URL (or Request); concurrent calls share the ``jobs`` limit."""
+        request = Request.coerce(url)
+        if out is not None or dir is not None or checksum is not None or headers is not None or mirrors:
+            request = Request(
+                request.url,
+                mirrors=(*request.mirrors, *mirrors),
+                out=out if out is not None else request.out,
+                dir=dir if dir is not None else request.dir,
+                checksum=Checksum.parse(checksum)
+                if isinstance(checksum, str)
+                else checksum or request.checksum,
+                headers=(*request.headers, *_header_pairs(headers)),
+                source=request.source,
+            )
+        engine = self._require_engine()
+        plan = engine.plan(request)
+        async with self._slots:
+            return await engine.run(plan)
+
+    async def stream(
+        self, requests: Iterable[RequestLike | BadEntry] | AsyncIterable[RequestLike | BadEntry]
+    ) -> AsyncGenerator[Result, None]:
+        """Download every item with ``jobs`` at once; yield results as they finish.
+
+        The input is read lazily, one item per free worker, so a list of millions needs no more
+        memory than a list of ten.
+        """
+        engine = self._require_engine()
+
+        def prepare(item: RequestLike | BadEntry) -> Plan:
+            return engine.plan(item if isinstance(item, BadEntry) else Request.coerce(item))
+
+        async with contextlib.aclosing(
+            bounded_map(requests, prepare, engine.run, workers=self.jobs)
+        ) as results:
+            async for result in results:
+                yield result
+
+
+async def download_many(
+    urls: Iterable[RequestLike] | AsyncIterable[RequestLike],
+    dest: str | Path = ".",
+    **options: object,
+) -> list[Result]:
+    """Download every URL or Request into ``dest``; the results in input order.
+
+    Takes the options of :class:`Downloader`. For huge inputs prefer ``Downloader.stream``, which
+    does not keep a result per URL.
+    """
+    order: dict[int, int] = {}
+    results: list[tuple[int, Result]] = []
+
+    def number(item: RequestLike) -> Request:
+        # A fresh object per input, so that a Request given twice still maps back to both places.
+        request = dataclasses.replace(Request.coerce(item))
+        order[id(request)] = len(order) + len(results)
+        return request
+
+    async def numbered() -> AsyncIterator[Request | BadEntry]:
+        if isinstance(urls, AsyncIterable):
+            async for item in urls:
+                yield number(item)
+        else:
+            for item in urls:
+                yield number(item)
+
+    async with Downloader(dest, **options) as dl:  # type: ignore[arg-type]
+        async for result in dl.stream(numbered()):
+            assert result.request is not None
+            results.append((order.pop(id(result.request)), result))
+    results.sort(key=lambda pair: pair[0])
+    return [result for _, result in results]

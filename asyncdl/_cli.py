@@ -1,0 +1,329 @@
+"""The command line: argv -> options -> sources -> Downloader -> display, report, exit code.
+
+The only module that prints or exits. It never imports aiohttp or aiofiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO, TypeVar
+
+from ._api import DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Downloader
+from ._exceptions import AsyncdlError, UsageError
+from ._models import BadEntry, Request, Result, Status
+from ._progress import PlainRenderer, Progress, QuietRenderer, Renderer, TerminalRenderer, summary_line
+from ._ratelimit import parse_rate
+from ._report import ReportWriter
+from ._urllist import parse_lines
+from ._version import __version__
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+        raise argparse.ArgumentTypeError(f"header must look like 'Name: value', not {text!r}")
+    return name.strip(), value.strip()
+
+
+def download_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="asyncdl",
+        description="Download many URLs at once. "
+        "SOURCE is a URL list file, '-' for standard input, or a URL.",
+        epilog="Upload: asyncdl upload [OPTIONS] FILE URL (see 'asyncdl upload --help').",
+    )
+    parser.add_argument("sources", nargs="+", metavar="SOURCE")
+    parser.add_argument(
+        "-d", "--dir", default=".", help="output directory (default: current; created if missing)"
+    )
+    parser.add_argument("-j", "--jobs", type=_positive_int, default=DEFAULT_JOBS, help="downloads at once")
+    parser.add_argument(
+        "-x", "--connections", type=_positive_int, default=1, help="connections for one large file"
+    )
+    parser.add_argument(
+        "--retries", type=_non_negative_int, default=DEFAULT_RETRIES, help="attempts after the first"
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help="stall timeout: seconds without a byte"
+    )
+    parser.add_argument(
+        "--limit-rate", type=_rate, default=None, metavar="RATE", help="overall cap: 500K, 10M, 1G"
+    )
+    parser.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="extra request header",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="download again and replace existing targets"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
+    parser.add_argument("--report", metavar="FILE", help="write a JSON Lines report, one object a download")
+    parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
+    return parser
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    name: str
+    lines: Iterator[str] | None = None  # a file, read lazily
+    url: str | None = None
+    stdin: bool = False
+
+
+def _open_sources(specs: Sequence[str], stdin: TextIO) -> list[_Source]:
+    """Open every list file now, so a missing one is a usage error before anything starts."""
+    sources: list[_Source] = []
+    for spec in specs:
+        if spec == "-":
+            sources.append(_Source("<stdin>", stdin=True))
+        elif "://" in spec and not Path(spec).exists():
+            sources.append(_Source("argument", url=spec))
+        else:
+            try:
+                handle = open(spec, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+            except OSError as exc:
+                raise UsageError(f"cannot read list file {spec}: {exc.strerror or exc}") from exc
+            if Path(spec).is_dir():
+                handle.close()
+                raise UsageError(f"cannot read list file {spec}: is a directory")
+            sources.append(_Source(spec, lines=_close_after(handle)))
+    return sources
+
+
+def _close_after(handle: TextIO) -> Iterator[str]:
+    with handle:
+        yield from handle
+
+
+class _End:
+    pass
+
+
+async def _in_thread(items: Iterator[T], *, max_ahead: int = 1024) -> AsyncIterator[T]:
+    """Iterate ``items`` in a thread of its own: a slow pipe never blocks the downloads.
+
+    At most ``max_ahead`` items wait to be taken, so memory stays bounded.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[T | _End | BaseException] = asyncio.Queue()
+    slots = threading.Semaphore(max_ahead)
+    stop = threading.Event()
+
+    def hand_over(item: T | _End | BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not slots.acquire(timeout=0.2):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                hand_over(item)
+            hand_over(_End())
+        except BaseException as exc:  # handed to the consumer
+            hand_over(exc)
+
+    threading.Thread(target=produce, name="asyncdl-stdin", daemon=True).start()
+    try:
+        while True:
+            item = await queue.get()
+            slots.release()
+            if isinstance(item, _End):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+async def _requests(sources: list[_Source], stdin: TextIO) -> AsyncIterator[Request | BadEntry]:
+    for source in sources:
+        if source.url is not None:
+            for item in parse_lines([source.url], source=source.name):
+                yield item
+        elif source.stdin:
+            async for item in _in_thread(parse_lines(stdin, source=source.name)):
+                yield item
+        else:
+            assert source.lines is not None
+            for item in parse_lines(source.lines, source=source.name):
+                yield item
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def _renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:
+    if quiet:
+        return QuietRenderer(stderr)
+    if stderr.isatty():
+        from rich.console import Console
+
+        return TerminalRenderer(progress, Console(file=stderr))
+    return PlainRenderer(progress, stderr)
+
+
+async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> int:
+    sources = _open_sources(args.sources, stdin)
+    dest = Path(args.dir)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {dest}: {exc.strerror or exc}") from exc
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to output directory {dest}: permission denied")
+    report = ReportWriter(args.report) if args.report else None
+    progress = Progress()
+    renderer = _renderer(args.quiet, progress, stderr)
+    failed = 0
+    drawing = asyncio.ensure_future(renderer.run())
+    try:
+        async with Downloader(
+            dest,
+            jobs=args.jobs,
+            connections=args.connections,
+            retries=args.retries,
+            timeout=args.timeout,
+            limit_rate=args.limit_rate,
+            headers=args.header,
+            overwrite=args.overwrite,
+            progress=progress,
+        ) as dl:
+            async for result in dl.stream(_requests(sources, stdin)):
+                if report is not None:
+                    report.write(result)
+                if result.status is Status.FAILED:
+                    failed += 1
+                    renderer.message(_failure_line(result))
+    finally:
+        drawing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drawing
+        renderer.close()
+        if report is not None:
+            report.close()
+        renderer.message(summary_line(progress.snapshot()))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _failure_line(result: Result) -> str:
+    return f"FAILED {result.url}: {result.error}"
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run the main coroutine; SIGINT / SIGTERM cancel it cleanly and give 130 / 143."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(make())
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            os._exit(EXIT_SIGNAL.get(signal.Signals(signum), 130))  # a second signal: stop now
+        received.append(signum)
+        task.cancel()
+
+    for sig in EXIT_SIGNAL:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if received:
+            return EXIT_SIGNAL[signal.Signals(received[0])]
+        raise
+    finally:
+        for sig in EXIT_SIGNAL:
+            loop.remove_signal_handler(sig)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``asyncdl`` and ``python -m asyncdl``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stderr = sys.stderr
+    try:
+        if argv[:1] == ["upload"]:
+            from ._cli_upload import upload_main
+
+            status: int = upload_main(argv[1:], run=_run, stderr=stderr)
+            return status
+        args = download_parser().parse_args(argv)
+        return _run(lambda: _download(args, sys.stdin, stderr))
+    except UsageError as exc:
+        print(f"asyncdl: {exc}", file=stderr)
+        return EXIT_USAGE
+    except AsyncdlError as exc:
+        print(f"asyncdl: {exc}", file=stderr)
+        return EXIT_FAILED

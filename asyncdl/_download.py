@@ -1,0 +1,341 @@
+"""One download, end to end: skip, resume decision, attempt loop, length and checksum, commit.
+
+Every outcome is a :class:`Result`; exceptions from the layers below end an attempt (transient ones
+are retried, resuming from what is on disk) or the download (recorded in ``Result.error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ._exceptions import (
+    ChecksumMismatch,
+    ConnectError,
+    DownloadError,
+    HTTPStatusError,
+    IncompleteBody,
+    StorageError,
+)
+from ._files import PartialState, ResumeMeta, TempFile, hash_prefix
+from ._http import Body, Validator, open_body
+from ._models import BadEntry, Request, Result, Status
+from ._naming import (
+    NameRegistry,
+    name_from_content_disposition,
+    name_from_url,
+    safe_subdir,
+    sanitize_name,
+    temp_name,
+)
+from ._progress import Progress
+from ._ratelimit import RateLimiter
+from ._retry import RetryPolicy
+from ._urls import redact_text, redact_url, usable_url_problem
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every download of a run shares."""
+
+    dest: Path
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    overwrite: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Plan:
+    """A request with its target decided (synchronously, in input order, so names are deterministic)."""
+
+    request: Request | None
+    directory: Path
+    name: str
+    name_fixed: bool  # out= given: Content-Disposition does not rename it
+    temp_key: str
+    failure: str | None = None  # a bad entry: fail without any request
+    shown_url: str = ""  # for a bad entry: its text
+
+    @property
+    def target(self) -> Path:
+        return self.directory / self.name
+
+
+class Engine:
+    """Runs downloads with shared parts: session, settings, progress, names, limiter."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        progress: Progress,
+        limiter: RateLimiter | None = None,
+        registry: NameRegistry | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.progress = progress
+        self.limiter = limiter
+        self.registry = registry or NameRegistry()
+        self._sleep = sleep
+        self._rng = rng
+
+    # --- planning (sync) ---
+    def plan(self, item: Request | BadEntry) -> Plan:
+        dest = self.settings.dest
+        if isinstance(item, BadEntry):
+            return Plan(None, dest, "", False, "", failure=item.message, shown_url=redact_url(item.url))
+        request = item
+        problem = usable_url_problem(request.url) or next(
+            (usable_url_problem(m) for m in request.mirrors if usable_url_problem(m)), None
+        )
+        if problem:
+            where = f"{request.source}: " if request.source else ""
+            return Plan(request, dest, "", False, "", failure=f"{where}{problem}: {redact_url(request.url)}")
+        directory = safe_subdir(dest, request.dir)
+        provisional = sanitize_name(request.out) if request.out else name_from_url(request.url)
+        name = self.registry.claim(directory, provisional)
+        return Plan(request, directory, name, request.out is not None, temp_key=f"{request.url}\n{name}")
+
+    # --- running ---
+    async def run(self, plan: Plan) -> Result:
+        request = plan.request
+        if plan.failure is not None or request is None:
+            result = Result(
+                url=redact_url(request.url) if request else plan.shown_url,
+                path=None,
+                status=Status.FAILED,
+                error=plan.failure,
+                request=request,
+            )
+            self.progress.finish(None, result)
+            return result
+        if not self.settings.overwrite and _exists(plan.target):
+            result = Result(
+                redact_url(request.url),
+                str(plan.target),
+                Status.SKIPPED,
+                _size(plan.target),
+                0,
+                None,
+                request,
+            )
+            self.progress.finish(None, result)
+            return result
+        key = self.progress.start(redact_url(request.url), plan.name)
+        job = _Job(self, plan, key)
+        try:
+            result = await job.run()
+        except BaseException:
+            self.progress.drop(key)
+            raise
+        self.progress.finish(key, result)
+        return result
+
+
+def _exists(path: Path) -> bool:
+    # A plain stat in the loop: microseconds on a local disk, and it saves a thread hop per file.
+    return os.path.lexists(path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class _Skip(Exception):
+    """The target turned out to exist already (its name came from Content-Disposition)."""
+
+
+class _Job:
+    """The state of one download across its attempts."""
+
+    def __init__(self, engine: Engine, plan: Plan, key: int) -> None:
+        assert plan.request is not None
+        self.engine = engine
+        self.plan = plan
+        self.request: Request = plan.request
+        self.key = key
+        self.attempts = 0
+        self.received = 0
+        self.target = plan.target
+        self.renamed = False
+        self.temp = TempFile(plan.directory / temp_name(plan.name, plan.temp_key))
+        self.headers = (*engine.settings.headers, *self.request.headers)
+
+    def failed(self, error: str) -> Result:
+        return Result(
+            redact_url(self.request.url),
+            str(self.target),
+            Status.FAILED,
+            self.received,
+            self.attempts,
+            redact_text(error, self.request.url),
+            self.request,
+        )
+
+    async def run(self) -> Result:
+        policy = self.engine.settings.retry
+        last_error: DownloadError | None = None
+        for url in self.request.urls:
+            tries = 0
+            while True:
+                tries += 1
+                self.attempts += 1
+                try:
+                    return await self._attempt(url)
+                except _Skip:
+                    return Result(
+                        redact_url(self.request.url),
+                        str(self.target),
+                        Status.SKIPPED,
+                        _size(self.target),
+                        self.attempts,
+                        None,
+                        self.request,
+                    )
+                except StorageError as exc:
+                    return self.failed(str(exc))  # disk trouble: no mirror or retry will help
+                except DownloadError as exc:
+                    last_error = exc
+                    delay = policy.delay(tries, exc, random=self.engine._rng)
+                    if delay is None:
+                        break  # next mirror, if any
+                    await self.engine._sleep(delay)
+        assert last_error is not None
+        prefix = f"{redact_url(last_error.url)}: " if last_error.url and len(self.request.urls) > 1 else ""
+        return self.failed(prefix + str(last_error))
+
+    async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None]:
+        state = await self.temp.inspect()
+        if state is None or state.size == 0 or state.meta is None:
+            return state, 0, None
+        meta = state.meta
+        validator = Validator(etag=meta.etag, last_modified=meta.last_modified)
+        if validator.if_range is None or (meta.size is not None and state.size > meta.size):
+            # Without a strong validator a resumed file could mix two versions: start over.
+            return state, 0, None
+        return state, state.size, validator
+
+    async def _attempt(self, url: str) -> Result:
+        state, offset, validator = await self._resume_point()
+        try:
+            async with open_body(
+                self.engine.session, url, offset=offset, validator=validator, headers=self.headers
+            ) as body:
+                return await self._receive(url, body, state, offset)
+        except BaseException:
+            # Keep what arrived for the next attempt or run, without hiding the original error.
+            # (the error that ended the attempt is the one to report)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.temp.close())
+            raise
+
+    async def _receive(self, url: str, body: Body, state: PartialState | None, offset: int) -> Result:
+        if body.status == 416:
+            return await self._range_not_satisfiable(url, body, state, offset)
+        if body.status == 206:
+            if body.range_start != offset:
+                await self.temp.discard()
+                raise ConnectError(
+                    f"server answered a range from byte {body.range_start}, not {offset}; restarting", url=url
+                )
+            start = offset
+        else:
+            start = 0  # 200: the whole body (If-Range failed, or ranges unsupported)
+        self._maybe_rename(body)
+        total = body.total_size
+        checksum = self.request.checksum
+        hasher: Any = None
+        if checksum is not None:
+            hasher = (
+                await hash_prefix(self.temp.path, start, checksum.algorithm)
+                if start
+                else hashlib.new(checksum.algorithm)
+            )
+        meta = ResumeMeta(url=url, etag=body.etag, last_modified=body.last_modified, size=total)
+        await self.temp.begin(start, meta)
+        progress = self.engine.progress
+        progress.begin(self.key, done=start, total=total)
+        limiter = self.engine.limiter
+        temp = self.temp
+        key = self.key
+        async for chunk in body.chunks():
+            n = len(chunk)
+            if limiter is not None:
+                await limiter.take(n)
+            await temp.write(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
+            progress.advance(key, n)
+            self.received += n
+        size = temp.position
+        if total is not None and size != total:
+            raise IncompleteBody(
+                f"body cut short: {size} of {total} bytes", received=size, expected=total, url=url
+            )
+        return await self._finish(url, hasher, size)
+
+    async def _finish(self, url: str, hasher: Any, size: int) -> Result:
+        checksum = self.request.checksum
+        if checksum is not None and hasher is not None:
+            actual = hasher.hexdigest()
+            if actual != checksum.hexdigest:
+                await self.temp.discard()
+                raise ChecksumMismatch(
+                    f"{checksum.algorithm} mismatch: expected {checksum.hexdigest}, got {actual}",
+                    algorithm=checksum.algorithm,
+                    expected=checksum.hexdigest,
+                    actual=actual,
+                    url=url,
+                )
+        placed = await self.temp.commit(self.target, replace=self.engine.settings.overwrite)
+        if not placed:
+            raise _Skip()
+        return Result(
+            redact_url(self.request.url), str(self.target), Status.OK, size, self.attempts, None, self.request
+        )
+
+    async def _range_not_satisfiable(
+        self, url: str, body: Body, state: PartialState | None, offset: int
+    ) -> Result:
+        if offset == 0:
+            raise HTTPStatusError("HTTP 416 Range Not Satisfiable", status=416, url=url)
+        remote = body.range_total
+        known = state.meta.size if state is not None and state.meta is not None else None
+        if state is not None and remote is not None and state.size == remote and known in (None, remote):
+            # Everything was already on disk: verify and commit it.
+            checksum = self.request.checksum
+            hasher = await hash_prefix(self.temp.path, state.size, checksum.algorithm) if checksum else None
+            await self.temp.begin(state.size, state.meta or ResumeMeta(url=url, size=remote))
+            return await self._finish(url, hasher, state.size)
+        await self.temp.discard()
+        raise ConnectError("HTTP 416 for the resume offset: the remote file changed; restarting", url=url)
+
+    def _maybe_rename(self, body: Body) -> None:
+        """Use the Content-Disposition name when no out= was given (once per download)."""
+        if self.plan.name_fixed or self.renamed or not body.content_disposition:
+            return
+        self.renamed = True
+        name = name_from_content_disposition(body.content_disposition)
+        if not name or name == self.plan.name:
+            return
+        registry = self.engine.registry
+        self.target = self.plan.directory / registry.claim(self.plan.directory, name)
+        self.engine.progress.rename(self.key, self.target.name)
+        if not self.engine.settings.overwrite and _exists(self.target):
+            raise _Skip()

@@ -1,0 +1,310 @@
+"""The only module that imports aiofiles: temporary files, resume metadata, buffered writes, commit.
+
+Invariants:
+- a target name appears only through an atomic rename (or link) of a complete temporary file;
+- the temporary file always holds a prefix of the remote content described by its metadata file,
+  which is written before the first data byte, so an interrupted run can resume it;
+- writes are gathered into WRITE_BUFFER_SIZE blocks, so a thread hop is paid per megabyte, not per
+  network chunk; a body that fits in the buffer is written, renamed and tidied in one hop.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from ._exceptions import StorageError
+
+WRITE_BUFFER_SIZE = 1024 * 1024
+META_SUFFIX = ".meta"
+_META_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ResumeMeta:
+    """What the next attempt needs to resume a temporary file safely."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    size: int | None = None  # the whole remote file, when known
+
+    def to_json(self) -> str:
+        return json.dumps({"version": _META_VERSION, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ResumeMeta | None:
+        try:
+            data = json.loads(text)
+            if data.get("version") != _META_VERSION:
+                return None
+            size = data.get("size")
+            return cls(
+                url=str(data["url"]),
+                etag=data.get("etag"),
+                last_modified=data.get("last_modified"),
+                size=int(size) if size is not None else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True)
+class PartialState:
+    """A temporary file found on disk: its size and metadata (None when missing or unreadable)."""
+
+    size: int
+    meta: ResumeMeta | None
+
+
+def storage_error(exc: OSError, what: str, path: Path) -> StorageError:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return StorageError(f"cannot {what} {path}: {reason}")
+
+
+def _inspect(path: Path, meta_path: Path) -> PartialState | None:
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+    try:
+        meta = ResumeMeta.from_json(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        meta = None
+    return PartialState(size=size, meta=meta)
+
+
+def _write_meta(meta_path: Path, text: str) -> None:
+    try:
+        meta_path.write_text(text, encoding="utf-8")
+    except FileNotFoundError:
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(text, encoding="utf-8")
+
+
+def _place(temp: Path, target: Path, *, replace: bool) -> bool:
+    """Move ``temp`` to ``target``; without ``replace``, never clobber: False when target exists."""
+    if replace:
+        os.replace(temp, target)
+        return True
+    try:
+        # link() fails when the target exists, so two writers can never replace each other's file.
+        os.link(temp, target)
+    except FileExistsError:
+        os.unlink(temp)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # File systems without hard links: check, then rename (a small window, as in curl/wget).
+        if target.exists():
+            os.unlink(temp)
+            return False
+        os.replace(temp, target)
+        return True
+    os.unlink(temp)
+    return True
+
+
+def _write_whole(temp: Path, data: bytes, target: Path, meta_path: Path | None, replace: bool) -> bool:
+    """Write a complete small body and move it into place: the whole life of a small file in one hop."""
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except FileNotFoundError:
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    placed = _place(temp, target, replace=replace)
+    if meta_path is not None:
+        meta_path.unlink(missing_ok=True)
+    return placed
+
+
+def _discard(temp: Path, meta_path: Path) -> None:
+    temp.unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
+
+
+def _hash_prefix(path: Path, length: int, algorithm: str) -> Any:
+    hasher = hashlib.new(algorithm)
+    remaining = length
+    with open(path, "rb") as f:
+        while remaining > 0:
+            block = f.read(min(remaining, WRITE_BUFFER_SIZE))
+            if not block:
+                break
+            hasher.update(block)
+            remaining -= len(block)
+    return hasher
+
+
+_a_inspect = aiofiles.os.wrap(_inspect)
+_a_write_meta = aiofiles.os.wrap(_write_meta)
+_a_place = aiofiles.os.wrap(_place)
+_a_write_whole = aiofiles.os.wrap(_write_whole)
+_a_discard = aiofiles.os.wrap(_discard)
+_a_hash_prefix = aiofiles.os.wrap(_hash_prefix)
+_a_makedirs = aiofiles.os.wrap(os.makedirs)
+
+
+async def hash_prefix(path: Path, length: int, algorithm: str) -> Any:
+    """A hashlib object fed with the first ``length`` bytes of ``path`` (to verify a resumed file)."""
+    try:
+        return await _a_hash_prefix(path, length, algorithm)
+    except OSError as exc:
+        raise storage_error(exc, "read", path) from exc
+
+
+async def ensure_dir(path: Path) -> None:
+    """Create ``path`` and its parents when missing."""
+    try:
+        await _a_makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, "create directory", path) from exc
+
+
+class TempFile:
+    """The temporary file of one download, beside its target, with its resume metadata.
+
+    Use: ``inspect()`` what an earlier attempt left, ``begin(offset, meta)``, ``write()`` chunks, then
+    ``commit(target)`` — or ``close()`` to keep the bytes for a later resume, or ``discard()``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.meta_path = path.with_name(path.name + META_SUFFIX)
+        self._file: Any = None  # aiofiles handle, opened at the first flush
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._offset = 0  # where the buffer starts in the file
+        self._meta: ResumeMeta | None = None
+        self._meta_on_disk = False  # a metadata file may exist and must be removed at commit
+
+    @property
+    def position(self) -> int:
+        """Bytes of the file so far: on disk plus buffered."""
+        return self._offset + self._buffered
+
+    async def inspect(self) -> PartialState | None:
+        """What an earlier attempt or run left behind (None: nothing)."""
+        try:
+            state: PartialState | None = await _a_inspect(self.path, self.meta_path)
+        except OSError as exc:
+            raise storage_error(exc, "read", self.path) from exc
+        if state is not None:
+            self._meta_on_disk = True
+        return state
+
+    async def begin(self, offset: int, meta: ResumeMeta) -> None:
+        """Start writing at ``offset`` (0 truncates) content described by ``meta``."""
+        await self._close_handle()
+        self._buffer.clear()
+        self._buffered = 0
+        self._offset = offset
+        self._meta = meta
+        if offset > 0:
+            # The bytes before offset stay; record the (possibly newer) metadata now.
+            await self._save_meta()
+
+    async def write(self, data: bytes) -> None:
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= WRITE_BUFFER_SIZE:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the buffer to disk (opening the file and saving metadata first, if not yet done)."""
+        if not self._buffer:
+            return
+        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        try:
+            if self._file is None:
+                await self._open()
+            await self._file.write(data)
+        except OSError as exc:
+            raise storage_error(exc, "write", self.path) from exc
+        self._buffer.clear()
+        self._offset += self._buffered
+        self._buffered = 0
+
+    async def _save_meta(self) -> None:
+        if self._meta is None:
+            return
+        try:
+            await _a_write_meta(self.meta_path, self._meta.to_json())
+        except OSError as exc:
+            raise storage_error(exc, "write", self.meta_path) from exc
+        self._meta_on_disk = True
+
+    async def _open(self) -> None:
+        if self._offset == 0:
+            await self._save_meta()
+            self._file = await aiofiles.open(self.path, "wb")
+        else:
+            self._file = await aiofiles.open(self.path, "r+b")
+            await self._file.seek(self._offset)
+            await self._file.truncate()
+
+    async def _close_handle(self) -> None:
+        if self._file is not None:
+            handle, self._file = self._file, None
+            try:
+                await handle.close()
+            except OSError as exc:
+                raise storage_error(exc, "write", self.path) from exc
+
+    async def close(self) -> None:
+        """Flush and close, keeping the file for a later resume."""
+        try:
+            await self.flush()
+        finally:
+            await self._close_handle()
+
+    async def commit(self, target: Path, *, replace: bool) -> bool:
+        """Move the complete file to ``target`` atomically.
+
+        Returns False (and removes the temporary file) when ``target`` exists and not ``replace``.
+        """
+        meta_path = self.meta_path if self._meta_on_disk else None
+        try:
+            if self._file is None and self._offset == 0:
+                data = b"".join(self._buffer)
+                self._buffer.clear()
+                self._buffered = 0
+                return bool(await _a_write_whole(self.path, data, target, meta_path, replace))
+            await self.close()
+            placed = bool(await _a_place(self.path, target, replace=replace))
+            if meta_path is not None:
+                await _a_discard(self.path, meta_path)
+            return placed
+        except OSError as exc:
+            raise storage_error(exc, "save", target) from exc
+
+    async def discard(self) -> None:
+        """Remove the temporary file and its metadata (the next attempt starts from zero)."""
+        self._buffer.clear()
+        self._buffered = 0
+        self._offset = 0
+        try:
+            await self._close_handle()
+        finally:
+            try:
+                await _a_discard(self.path, self.meta_path)
+            except OSError as exc:
+                raise storage_error(exc, "remove", self.path) from exc
+            self._meta_on_disk = False

@@ -1,0 +1,301 @@
+"""One progress aggregator shared by every download, and the renderers that draw it.
+
+The aggregator is plain synchronous counters, updated on the hot path without awaiting anything;
+renderers read snapshots of it on their own schedule. Library callers read ``Progress.snapshot()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
+
+from ._models import Result, Status
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+
+_RATE_WINDOW_S = 5.0
+
+
+@dataclass
+class ActiveDownload:
+    """A download under way: what it is and how far it got (``total`` None while unknown)."""
+
+    key: int
+    url: str
+    name: str
+    done: int = 0
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of a run at one moment."""
+
+    elapsed_s: float
+    bytes_done: int  # bytes received this run (resumed bytes not included)
+    bytes_total: int | None  # bytes expected for the downloads seen so far, when all are known
+    rate_bps: float  # recent rate
+    ok: int
+    skipped: int
+    failed: int
+    active: tuple[ActiveDownload, ...] = field(default_factory=tuple)
+    expected_files: int | None = None  # how many downloads the input holds, when known
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.skipped + self.failed
+
+    @property
+    def left(self) -> int | None:
+        if self.expected_files is None:
+            return None
+        return max(0, self.expected_files - self.finished)
+
+    @property
+    def average_rate_bps(self) -> float:
+        return self.bytes_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class Progress:
+    """Counters for a run: totals and each active download. Safe to read from any coroutine."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.active: dict[int, ActiveDownload] = {}
+        self.bytes_done = 0
+        self._known_total = 0
+        self._unknown_totals = 0
+        self.ok = 0
+        self.skipped = 0
+        self.failed = 0
+        self.expected_files: int | None = None
+        self._next_key = 0
+        self._samples: list[tuple[float, int]] = [(self.started, 0)]
+        self._listeners: list[Callable[[Result], None]] = []
+
+    # --- updates (hot path: no awaits, no allocation beyond the entry) ---
+    def start(self, url: str, name: str) -> int:
+        key = self._next_key
+        self._next_key += 1
+        self.active[key] = ActiveDownload(key, url, name)
+        self._unknown_totals += 1
+        return key
+
+    def rename(self, key: int, name: str) -> None:
+        entry = self.active.get(key)
+        if entry is not None:
+            entry.name = name
+
+    def begin(self, key: int, *, done: int, total: int | None) -> None:
+        """An attempt starts with ``done`` bytes already on disk, of ``total`` (None: unknown)."""
+        entry = self.active[key]
+        self._forget_total(entry)
+        entry.done = done
+        entry.total = total
+        if total is None:
+            self._unknown_totals += 1
+        else:
+            self._known_total += total
+
+    def advance(self, key: int, n: int) -> None:
+        self.active[key].done += n
+        self.bytes_done += n
+
+    def finish(self, key: int | None, result: Result) -> None:
+        if key is not None:
+            entry = self.active.pop(key, None)
+            if entry is not None:
+                self._forget_total(entry)
+                if result.status is Status.OK:
+                    self._known_total += entry.done
+        if result.status is Status.OK:
+            self.ok += 1
+        elif result.status is Status.SKIPPED:
+            self.skipped += 1
+        else:
+            self.failed += 1
+        for listener in self._listeners:
+            listener(result)
+
+    def drop(self, key: int) -> None:
+        """Forget an active download without counting it (the run was interrupted)."""
+        entry = self.active.pop(key, None)
+        if entry is not None:
+            self._forget_total(entry)
+
+    def add_listener(self, listener: Callable[[Result], None]) -> None:
+        """Call ``listener(result)`` as each download ends."""
+        self._listeners.append(listener)
+
+    def _forget_total(self, entry: ActiveDownload) -> None:
+        if entry.total is None:
+            self._unknown_totals -= 1
+        else:
+            self._known_total -= entry.total
+
+    # --- reading ---
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        self._samples.append((now, self.bytes_done))
+        while len(self._samples) > 2 and now - self._samples[1][0] > _RATE_WINDOW_S:
+            self._samples.pop(0)
+        t0, b0 = self._samples[0]
+        rate = (self.bytes_done - b0) / (now - t0) if now > t0 else 0.0
+        return Snapshot(
+            elapsed_s=now - self.started,
+            bytes_done=self.bytes_done,
+            bytes_total=None if self._unknown_totals else self._known_total,
+            rate_bps=rate,
+            ok=self.ok,
+            skipped=self.skipped,
+            failed=self.failed,
+            active=tuple(ActiveDownload(e.key, e.url, e.name, e.done, e.total) for e in self.active.values()),
+            expected_files=self.expected_files,
+        )
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def format_bytes(n: float) -> str:
+    """1023 B, 1.5 KiB, 12.0 MiB, ..."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds + 0.5))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def overall_line(snap: Snapshot) -> str:
+    total = f" / {format_bytes(snap.bytes_total)}" if snap.bytes_total else ""
+    eta = ""
+    # The ETA covers what is known: the active downloads whose sizes the servers told.
+    if snap.rate_bps > 0 and snap.active and all(e.total is not None for e in snap.active):
+        remaining = sum((e.total or 0) - e.done for e in snap.active)
+        eta = f", ETA {format_duration(max(0, remaining) / snap.rate_bps)}"
+    left = f", {snap.left} left" if snap.left is not None else f", {len(snap.active)} active"
+    return (
+        f"{format_bytes(snap.bytes_done)}{total} at {format_bytes(snap.rate_bps)}/s{eta}"
+        f" | {snap.ok} ok, {snap.skipped} skipped, {snap.failed} failed{left}"
+    )
+
+
+def summary_line(snap: Snapshot) -> str:
+    """The one line printed at the end of every run."""
+    return (
+        f"{snap.ok} ok, {snap.skipped} skipped, {snap.failed} failed; "
+        f"{format_bytes(snap.bytes_done)} in {snap.elapsed_s:.1f} s "
+        f"({format_bytes(snap.average_rate_bps)}/s)"
+    )
+
+
+def active_line(entry: ActiveDownload, width: int = 40) -> str:
+    if entry.total:
+        pct = f"{100 * entry.done / entry.total:5.1f}%"
+        size = f"{format_bytes(entry.done)} / {format_bytes(entry.total)}"
+    else:
+        pct = "   ?  "
+        size = format_bytes(entry.done)
+    name = entry.name if len(entry.name) <= width else entry.name[: width - 1] + "…"
+    return f"  {pct} {name:<{width}} {size}"
+
+
+# --- renderers ------------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Draws a Progress; ``message`` prints a line (a failure) without breaking the display."""
+
+    async def run(self) -> None:
+        """Redraw until cancelled."""
+
+    def message(self, text: str) -> None:
+        """Print one line."""
+
+    def close(self) -> None:
+        """Stop drawing (the final state stays on screen)."""
+
+
+class QuietRenderer(Renderer):
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def message(self, text: str) -> None:
+        print(text, file=self._stream, flush=True)
+
+
+class PlainRenderer(QuietRenderer):
+    """Not a terminal: no redrawing, a short line now and then."""
+
+    def __init__(self, progress: Progress, stream: TextIO, *, interval_s: float = 10.0) -> None:
+        super().__init__(stream)
+        self._progress = progress
+        self._interval_s = interval_s
+
+    async def run(self) -> None:
+        last = None
+        while True:
+            await asyncio.sleep(self._interval_s)
+            snap = self._progress.snapshot()
+            state = (snap.bytes_done, snap.finished)
+            if state != last:
+                self.message(f"asyncdl: {overall_line(snap)}")
+                last = state
+
+
+class TerminalRenderer(Renderer):
+    """A live display (rich): one overall line and a line per active download."""
+
+    MAX_ACTIVE_LINES = 12
+
+    def __init__(self, progress: Progress, console: Console, *, refresh_per_second: float = 5.0) -> None:
+        from rich.live import Live
+
+        self._progress = progress
+        self._console = console
+        self._interval_s = 1.0 / refresh_per_second
+        self._live: Live = Live(
+            self._render(), console=console, auto_refresh=False, transient=False, redirect_stderr=False
+        )
+
+    def _render(self) -> RenderableType:
+        from rich.console import Group
+        from rich.text import Text
+
+        snap = self._progress.snapshot()
+        lines = [Text(overall_line(snap), style="bold")]
+        shown = sorted(snap.active, key=lambda e: e.key)[: self.MAX_ACTIVE_LINES]
+        lines.extend(Text(active_line(e)) for e in shown)
+        if len(snap.active) > len(shown):
+            lines.append(Text(f"  … and {len(snap.active) - len(shown)} more"))
+        return Group(*lines)
+
+    async def run(self) -> None:
+        self._live.start(refresh=True)
+        while True:
+            await asyncio.sleep(self._interval_s)
+            self._live.update(self._render(), refresh=True)
+
+    def message(self, text: str) -> None:
+        from rich.text import Text
+
+        self._live.console.print(Text(text))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._live.update(self._render(), refresh=True)
+        self._live.stop()

@@ -1,0 +1,60 @@
+"""A token bucket shared by every download, for --limit-rate."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from ._exceptions import UsageError
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``500K``, ``10M``, ``1G`` (powers of 1024), or a plain number."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise UsageError(f"invalid rate {text!r}: use a number with an optional K, M or G suffix")
+    rate = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if rate <= 0:
+        raise UsageError(f"rate must be positive, not {text!r}")
+    return rate
+
+
+class RateLimiter:
+    """Caps the combined byte rate of all callers at ``rate_bps``.
+
+    Virtual scheduling (GCRA): each ``take(n)`` books the next ``n / rate`` seconds of the line and
+    waits until its booking starts; a burst of up to ``burst_s`` seconds is allowed after idling.
+    Clock and sleep are injected so tests need no real waiting.
+    """
+
+    def __init__(
+        self,
+        rate_bps: float,
+        *,
+        burst_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate_bps <= 0:
+            raise ValueError("rate_bps must be positive")
+        self.rate_bps = rate_bps
+        self._burst_s = burst_s
+        self._clock = clock
+        self._sleep = sleep
+        self._next_free = clock()
+
+    def reserve(self, n: int) -> float:
+        """Book ``n`` bytes; the seconds to wait before sending them."""
+        now = self._clock()
+        start = max(self._next_free, now - self._burst_s)
+        self._next_free = start + n / self.rate_bps
+        return max(0.0, start - now)
+
+    async def take(self, n: int) -> None:
+        delay = self.reserve(n)
+        if delay > 0:
+            await self._sleep(delay)
