@@ -18,6 +18,7 @@ from ._exceptions import (
 )
 from ._models import Checksum, Request, Result, Status
 from ._progress import ActiveDownload, Progress, Snapshot
+from ._retry import RetryPolicy
 from ._version import __version__
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RedirectError",
     "Request",
     "Result",
+    "RetryPolicy",
     "RetryableStatus",
     "Snapshot",
     "StallError",

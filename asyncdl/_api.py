@@ -48,6 +48,7 @@ class Downloader:
     ``retries``, ``timeout`` (stall timeout in seconds, --timeout), ``limit_rate`` (bytes/s or
     ``"10M"``), ``headers`` (sent with every request), ``overwrite``. ``progress`` is the
     :class:`Progress` to update (one is made when not given); read it with ``dl.progress.snapshot()``.
+    ``retry_policy`` replaces the default backoff (it then also decides the number of retries).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Downloader:
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         overwrite: bool = False,
         progress: Progress | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         if jobs < 1:
             raise UsageError("jobs must be at least 1")
@@ -78,7 +80,7 @@ class Downloader:
         rate = parse_rate(limit_rate) if isinstance(limit_rate, str) else limit_rate
         self.settings = Settings(
             dest=self.dest,
-            retry=RetryPolicy(retries=retries),
+            retry=retry_policy or RetryPolicy(retries=retries),
             overwrite=overwrite,
             headers=_header_pairs(headers),
         )

@@ -8,6 +8,7 @@ exc``), so the rest of asyncdl never sees an aiohttp type. Timeouts are translat
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -102,12 +103,14 @@ def _brief(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _strip_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+def _strip_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without ``user:password@``, and the Basic Authorization value they make."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None
     host = parts.netloc.rpartition("@")[2]
-    auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
     return urlunsplit(parts._replace(netloc=host)), auth
 
 
@@ -225,6 +228,8 @@ async def open_body(
             same_origin = origin(request_url) == first_origin
             send: dict[str, str] = {}
             if same_origin:
+                if auth is not None:
+                    send["Authorization"] = auth
                 for name, value in user_headers:
                     send[name] = value
             # Ask for the bytes as served: a compressed body could not be resumed or checked.
@@ -238,7 +243,6 @@ async def open_body(
                     method,
                     request_url,
                     headers=send,
-                    auth=auth if same_origin else None,
                     allow_redirects=False,
                 )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
