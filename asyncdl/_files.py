@@ -308,3 +308,73 @@ class TempFile:
             except OSError as exc:
                 raise storage_error(exc, "remove", self.path) from exc
             self._meta_on_disk = False
+
+
+# --- uploads ---
+# (imports kept here, with the code that needs them, so this section stays self-contained)
+import stat  # noqa: E402
+from collections.abc import AsyncGenerator  # noqa: E402
+
+UPLOAD_CHUNK_SIZE = 1024 * 1024
+
+
+def _probe_upload(path: Path) -> int | None:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. Opening (rather than
+    # os.access) is what proves readability, whatever the user, ACLs or file system say.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    # Pipes, sockets and character devices have no size: they are sent chunked.
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+_a_probe_upload = aiofiles.os.wrap(_probe_upload)
+
+
+async def probe_upload(path: Path) -> int | None:
+    """The size of ``path`` (None when it is not a regular file), after proving it can be read.
+
+    Raises StorageError for a missing, unreadable or directory path.
+    """
+    try:
+        size: int | None = await _a_probe_upload(path)
+    except OSError as exc:
+        raise storage_error(exc, "read", path) from exc
+    return size
+
+
+async def read_upload_chunks(
+    path: Path | None, *, size: int | None = None, chunk_size: int = UPLOAD_CHUNK_SIZE
+) -> AsyncGenerator[bytes, None]:
+    """``path`` (None: standard input) in chunks of at most ``chunk_size`` bytes, never more in memory.
+
+    With ``size`` (the length announced as Content-Length), exactly that many bytes are yielded: a
+    file that shrank meanwhile raises StorageError (the request would otherwise hang, short of its
+    announced length); bytes added meanwhile are not sent. Read errors raise StorageError.
+    """
+    shown = path if path is not None else Path("<stdin>")
+    remaining = size
+    try:
+        # buffering=0: each read goes straight to the OS, without a second copy in a BufferedReader.
+        opened = (
+            aiofiles.open(0, "rb", buffering=0, closefd=False)
+            if path is None
+            else aiofiles.open(path, "rb", buffering=0)
+        )
+        async with opened as handle:
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk: bytes = await handle.read(want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+    except OSError as exc:
+        raise storage_error(exc, "read", shown) from exc
+    if remaining:
+        raise StorageError(f"{shown} shrank during the upload: {remaining} of {size} bytes missing")
