@@ -165,16 +165,23 @@ class Body:
     async def chunks(self, size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         """The body in chunks of at most ``size`` bytes; a short body raises IncompleteBody."""
         expected = self.content_length
+        broken: BaseException | None = None
         try:
             async for chunk in self._response.content.iter_chunked(size):
                 self.received += len(chunk)
                 yield chunk
-        except aiohttp.ClientPayloadError as exc:
-            if expected is not None:
-                raise self._incomplete(expected) from exc
-            raise translate(exc, self.url) from exc
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise translate(exc, self.url) from exc
+            broken = exc
+        if broken is not None:
+            # Bytes that arrived before the connection broke are still in aiohttp's buffer, but its
+            # reads raise the stored error first: hand them over, so the next attempt resumes after them.
+            rest = _salvage(self._response.content)
+            if rest:
+                self.received += len(rest)
+                yield rest
+            if isinstance(broken, aiohttp.ClientPayloadError) and expected is not None:
+                raise self._incomplete(expected) from broken
+            raise translate(broken, self.url) from broken
         if expected is not None and self.received < expected:
             raise self._incomplete(expected)
 
@@ -191,6 +198,18 @@ class Body:
 
     def close(self) -> None:
         self._response.close()
+
+
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """What a broken body left in the stream's buffer (aiohttp keeps it, but read() raises first)."""
+    read_nowait = getattr(content, "_read_nowait", None)  # private: fall back to nothing if it goes
+    if read_nowait is None:
+        return b""
+    try:
+        data = read_nowait(-1)
+    except Exception:  # a stream in an unexpected state: keep what we have
+        return b""
+    return data if isinstance(data, bytes) else b""
 
 
 def status_error(status: int, reason: str | None, headers: Mapping[str, str], url: str) -> DownloadError:
