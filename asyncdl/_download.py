@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from ._exceptions import (
     IncompleteBody,
     StorageError,
 )
-from ._files import PartialState, ResumeMeta, TempFile, hash_prefix
+from ._files import DirectoryIndex, PartialState, ResumeMeta, TempFile, hash_prefix, size_of
 from ._http import Body, Validator, open_body
 from ._models import BadEntry, Request, Result, Status
 from ._naming import (
@@ -89,6 +88,7 @@ class Engine:
         self.progress = progress
         self.limiter = limiter
         self.registry = registry or NameRegistry()
+        self.index = DirectoryIndex()
         self._sleep = sleep
         self._rng = rng
 
@@ -122,12 +122,12 @@ class Engine:
             )
             self.progress.finish(None, result)
             return result
-        if not self.settings.overwrite and _exists(plan.target):
+        if not self.settings.overwrite and await self.index.exists(plan.directory, plan.name):
             result = Result(
                 redact_url(request.url),
                 str(plan.target),
                 Status.SKIPPED,
-                _size(plan.target),
+                await size_of(plan.target) or 0,
                 0,
                 None,
                 request,
@@ -143,18 +143,6 @@ class Engine:
             raise
         self.progress.finish(key, result)
         return result
-
-
-def _exists(path: Path) -> bool:
-    # A plain stat in the loop: microseconds on a local disk, and it saves a thread hop per file.
-    return os.path.lexists(path)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 class _Skip(Exception):
@@ -203,7 +191,7 @@ class _Job:
                         redact_url(self.request.url),
                         str(self.target),
                         Status.SKIPPED,
-                        _size(self.target),
+                        await size_of(self.target) or 0,
                         self.attempts,
                         None,
                         self.request,
@@ -221,6 +209,10 @@ class _Job:
         return self.failed(prefix + str(last_error))
 
     async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None]:
+        if self.attempts == 1 and not await self.engine.index.exists(
+            self.temp.path.parent, self.temp.path.name
+        ):
+            return None, 0, None  # no earlier run left a partial file (known without a thread hop)
         state = await self.temp.inspect()
         if state is None or state.size == 0 or state.meta is None:
             return state, 0, None
@@ -257,7 +249,7 @@ class _Job:
             start = offset
         else:
             start = 0  # 200: the whole body (If-Range failed, or ranges unsupported)
-        self._maybe_rename(body)
+        await self._maybe_rename(body)
         total = body.total_size
         checksum = self.request.checksum
         hasher: Any = None
@@ -326,7 +318,7 @@ class _Job:
         await self.temp.discard()
         raise ConnectError("HTTP 416 for the resume offset: the remote file changed; restarting", url=url)
 
-    def _maybe_rename(self, body: Body) -> None:
+    async def _maybe_rename(self, body: Body) -> None:
         """Use the Content-Disposition name when no out= was given (once per download)."""
         if self.plan.name_fixed or self.renamed or not body.content_disposition:
             return
@@ -337,5 +329,7 @@ class _Job:
         registry = self.engine.registry
         self.target = self.plan.directory / registry.claim(self.plan.directory, name)
         self.engine.progress.rename(self.key, self.target.name)
-        if not self.engine.settings.overwrite and _exists(self.target):
+        if not self.engine.settings.overwrite and await self.engine.index.exists(
+            self.target.parent, self.target.name
+        ):
             raise _Skip()

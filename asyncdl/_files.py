@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
@@ -176,6 +177,66 @@ async def ensure_dir(path: Path) -> None:
         await _a_makedirs(path, exist_ok=True)
     except OSError as exc:
         raise storage_error(exc, "create directory", path) from exc
+
+
+MAX_INDEXED_NAMES = 100_000
+
+
+def _list_names(directory: Path) -> frozenset[str] | None:
+    names: set[str] = set()
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                names.add(entry.name)
+                if len(names) > MAX_INDEXED_NAMES:
+                    return None
+    except FileNotFoundError:
+        return frozenset()
+    except OSError:
+        return None
+    return frozenset(names)
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None
+
+
+_a_list_names = aiofiles.os.wrap(_list_names)
+_a_size_of = aiofiles.os.wrap(_size_of)
+
+
+async def size_of(path: Path) -> int | None:
+    """The size of ``path``, or None when there is nothing there."""
+    size: int | None = await _a_size_of(path)
+    return size
+
+
+class DirectoryIndex:
+    """The names each output directory held when the run first looked at it.
+
+    Whether a target or a temporary file exists must be known before each request; asking the disk
+    costs a thread hop per download (a stat in the loop would wait on the directory lock while the
+    writer threads create files). One listing per directory answers it from memory instead. Names
+    the run creates itself are kept distinct by the run's NameRegistry, so the snapshot stays right.
+    A directory of more than MAX_INDEXED_NAMES entries is not kept: lookups there ask the disk.
+    """
+
+    def __init__(self) -> None:
+        self._listings: dict[Path, asyncio.Future[frozenset[str] | None]] = {}
+
+    async def exists(self, directory: Path, name: str) -> bool:
+        listing = self._listings.get(directory)
+        if listing is None:
+            listing = asyncio.ensure_future(_a_list_names(directory))
+            self._listings[directory] = listing
+        # shield: a cancelled caller must not cancel the listing that others wait for.
+        names = await asyncio.shield(listing)
+        if names is not None:
+            return name in names
+        return await size_of(directory / name) is not None
 
 
 class TempFile:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import netrc
+import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -54,14 +58,82 @@ class Validator:
         return self.last_modified or None
 
 
-def make_session(
-    *, connections: int, stall_timeout_s: float | None, trust_env: bool = True
-) -> aiohttp.ClientSession:
+# --- the environment: proxies and .netrc ---
+# aiohttp's trust_env looks both up in a worker thread on every request (two thread hops per file,
+# a large share of the cost of a small file). We read them once, when a session is made, and
+# decide per host in memory.
+
+
+class Environment:
+    """Proxies (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) and .netrc credentials, read once."""
+
+    def __init__(self, proxies: dict[str, str], credentials: netrc.netrc | None) -> None:
+        self._proxies = proxies
+        self._netrc = credentials
+        self._proxy_cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @classmethod
+    def from_os(cls) -> Environment:
+        path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+        try:
+            credentials: netrc.netrc | None = netrc.netrc(path)
+        except (OSError, netrc.NetrcParseError):
+            credentials = None
+        return cls(urllib.request.getproxies_environment(), credentials)
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy for ``url``, unless NO_PROXY exempts its host."""
+        return self.proxy_arguments(url).get("proxy")
+
+    def proxy_arguments(self, url: str) -> dict[str, Any]:
+        """Keyword arguments for aiohttp's request: ``proxy`` (and ``proxy_headers`` for its credentials)."""
+        if not self._proxies:
+            return {}
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), parts.netloc.rpartition("@")[2])
+        found = self._proxy_cache.get(key)
+        if found is None:
+            found = self._decide_proxy(*key)
+            if len(self._proxy_cache) < 4096:
+                self._proxy_cache[key] = found
+        return found
+
+    def _decide_proxy(self, scheme: str, host_port: str) -> dict[str, Any]:
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if bypass(host_port, self._proxies):
+            return {}
+        proxy = self._proxies.get(scheme) or self._proxies.get("all")
+        if not proxy:
+            return {}
+        bare, auth = _strip_credentials(proxy)
+        return {"proxy": bare, "proxy_headers": {"Proxy-Authorization": auth}} if auth else {"proxy": bare}
+
+    def authorization(self, host: str) -> str | None:
+        """The Basic Authorization value that .netrc gives ``host``, if any."""
+        entry = self._netrc.authenticators(host) if self._netrc is not None else None
+        if not entry:
+            return None
+        login, _account, password = entry
+        return _basic(login or "", password or "")
+
+
+# Refreshed by make_session(), so each Downloader sees the environment as it was when it opened.
+_environment = Environment({}, None)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def make_session(*, connections: int, stall_timeout_s: float | None) -> aiohttp.ClientSession:
     """One session (and keep-alive connection pool) for every download of a Downloader.
 
     The total timeout is off: a long download must never be cut by a wall-clock limit. The stall
-    timeout applies to connecting and to every socket read instead.
+    timeout applies to connecting and to every socket read instead. Proxies and .netrc come from
+    the environment, read here once and decided per request in memory (see ``Environment``).
     """
+    global _environment  # noqa: PLW0603 - one snapshot shared by every request of the process
+    _environment = Environment.from_os()
     connector = aiohttp.TCPConnector(limit=max(1, connections), limit_per_host=0, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=None, sock_connect=stall_timeout_s, sock_read=stall_timeout_s
@@ -70,7 +142,6 @@ def make_session(
         connector=connector,
         timeout=timeout,
         auto_decompress=False,
-        trust_env=trust_env,  # HTTP(S)_PROXY, NO_PROXY and .netrc
         read_bufsize=READ_BUFSIZE,
         # Cookies are not kept: a jar would grow with the list, and downloads should not depend on it.
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -109,8 +180,7 @@ def _strip_credentials(url: str) -> tuple[str, str | None]:
     if parts.username is None and parts.password is None:
         return url, None
     host = parts.netloc.rpartition("@")[2]
-    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-    auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    auth = _basic(unquote(parts.username or ""), unquote(parts.password or ""))
     return urlunsplit(parts._replace(netloc=host)), auth
 
 
@@ -251,6 +321,11 @@ async def open_body(
                     send["Authorization"] = auth
                 for name, value in user_headers:
                     send[name] = value
+            if "Authorization" not in send and "authorization" not in (k.lower() for k in send):
+                # .netrc credentials belong to the host they name, wherever a redirect leads.
+                from_netrc = _environment.authorization(urlsplit(request_url).hostname or "")
+                if from_netrc is not None:
+                    send["Authorization"] = from_netrc
             # Ask for the bytes as served: a compressed body could not be resumed or checked.
             send["Accept-Encoding"] = "identity"
             if offset > 0:
@@ -263,6 +338,7 @@ async def open_body(
                     request_url,
                     headers=send,
                     allow_redirects=False,
+                    **_environment.proxy_arguments(request_url),
                 )
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 raise translate(exc, url) from exc
@@ -295,3 +371,270 @@ async def open_body(
         raise
     else:
         response.release()
+
+
+# --- uploads ---
+# (imports kept here, with the code that needs them, so this section stays self-contained)
+import mimetypes  # noqa: E402
+from collections.abc import AsyncGenerator, Callable  # noqa: E402
+
+from ._exceptions import UploadError  # noqa: E402
+
+Session = aiohttp.ClientSession
+"""The session type, for modules that must not import aiohttp themselves."""
+
+ANSWER_SNIPPET_CHARS = 200
+# Enough bytes for 200 characters in any encoding; the rest of an error answer is not read.
+_ANSWER_READ_BYTES = 4096
+# A 2xx answer longer than this is not read to its end: the connection is closed instead.
+_SUCCESS_DRAIN_BYTES = 1024 * 1024
+# We frame the body ourselves; a user's framing header would contradict it.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+@dataclass(frozen=True)
+class UploadBody:
+    """What an upload sends.
+
+    ``chunks()`` is called once per request that carries the body, so a 307/308 redirect re-reads
+    the content from the start (a fresh file handle), never the rest of a half-read stream. ``size``
+    is sent as Content-Length; None sends the body chunked. ``replayable`` is False for a stream
+    that cannot be read twice (standard input). With ``form_field`` the body is multipart/form-data:
+    ``fields`` first, then the file under ``form_field`` with ``filename``.
+    """
+
+    chunks: Callable[[], AsyncGenerator[bytes, None]]
+    size: int | None
+    filename: str
+    replayable: bool = True
+    form_field: str | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class UploadAnswer:
+    """The final 2xx answer to an upload."""
+
+    status: int
+    reason: str
+    url: str  # after redirects
+
+
+class _StreamedBody(aiohttp.Payload):
+    """A request body (or multipart part) fed from ``UploadBody.chunks()``, one chunk at a time.
+
+    aiohttp wraps whatever a body raises into a connection error; ``error`` keeps the original (a
+    read failure, a write stall, a bug) so the caller raises that instead.
+    """
+
+    _autoclose = True  # nothing to close: the chunk generator owns and closes its file
+
+    def __init__(
+        self,
+        body: UploadBody,
+        *,
+        content_type: str,
+        on_chunk: Callable[[int], None],
+        stall_timeout_s: float | None,
+        url: str,
+    ) -> None:
+        super().__init__(body, content_type=content_type)
+        self._size = body.size
+        self._body = body
+        self._on_chunk = on_chunk
+        self._stall_timeout_s = stall_timeout_s
+        self._url = url
+        self.error: Exception | None = None
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed upload body cannot be decoded to text")
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        self._consumed = True
+        chunks = self._body.chunks()
+        try:
+            async for chunk in chunks:
+                try:
+                    # write() waits while the socket buffer is full: a receiver that stops reading
+                    # would otherwise hold the upload forever (aiohttp has no write timeout).
+                    await asyncio.wait_for(writer.write(chunk), self._stall_timeout_s)
+                except asyncio.TimeoutError as exc:
+                    raise StallError(
+                        f"stalled: the server took no data for the stall timeout ({redact_url(self._url)})",
+                        url=self._url,
+                    ) from exc
+                self._on_chunk(len(chunk))
+        except (aiohttp.ClientError, OSError):
+            raise  # the connection broke: aiohttp reports that itself
+        except Exception as exc:
+            # Ours (a read error, a stall) or a bug: either way not a connection problem.
+            self.error = exc
+            raise
+        finally:
+            await chunks.aclose()
+
+
+def _upload_data(body: UploadBody, payload: _StreamedBody) -> aiohttp.Payload:
+    if body.form_field is None:
+        return payload
+    writer = aiohttp.MultipartWriter("form-data")
+    for name, value in body.fields:
+        part = writer.append(value)
+        part.set_content_disposition("form-data", name=name)
+    writer.append_payload(payload)
+    payload.set_content_disposition("form-data", name=body.form_field, filename=body.filename)
+    return writer
+
+
+async def _answer_snippet(response: aiohttp.ClientResponse) -> str:
+    """The start of an error answer, on one line, at most ANSWER_SNIPPET_CHARS characters."""
+    data = bytearray()
+    try:
+        while len(data) < _ANSWER_READ_BYTES:
+            piece = await response.content.read(_ANSWER_READ_BYTES - len(data))
+            if not piece:
+                break
+            data += piece
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        pass  # the status says enough; the answer text is a courtesy
+    text = " ".join(bytes(data).decode("utf-8", "replace").split())
+    if len(text) > ANSWER_SNIPPET_CHARS:
+        text = text[: ANSWER_SNIPPET_CHARS - 1] + "…"
+    return text
+
+
+async def _finish_success(response: aiohttp.ClientResponse) -> None:
+    """Read a short 2xx answer to its end so the connection can serve the next upload."""
+    received = 0
+    try:
+        while received <= _SUCCESS_DRAIN_BYTES:
+            piece = await response.content.read(64 * 1024)
+            if not piece:
+                # Waits for the body writer to end before the connection goes back to the pool.
+                await response.wait_for_close()
+                return
+            received += len(piece)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        pass  # the upload got its 2xx; only the connection is lost
+    response.close()
+
+
+def upload_status_error(
+    status: int, reason: str | None, headers: Mapping[str, str], url: str, answer: str
+) -> DownloadError | UploadError:
+    """RetryableStatus (with Retry-After) or UploadError for a non-2xx answer, with its text."""
+    base = status_error(status, reason, headers, url)
+    text = f"{base}: {answer}" if answer else str(base)
+    if isinstance(base, RetryableStatus):
+        return RetryableStatus(text, status=status, retry_after=base.retry_after, url=url)
+    return UploadError(text, status=status, url=url)
+
+
+async def send_upload(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: UploadBody,
+    *,
+    method: str = "PUT",
+    headers: Iterable[tuple[str, str]] = (),
+    stall_timeout_s: float | None = None,
+    on_send: Callable[[], None] = lambda: None,
+    on_chunk: Callable[[int], None] = lambda n: None,
+) -> UploadAnswer:
+    """Send ``body`` to ``url`` with ``method``, following redirects; the final 2xx answer.
+
+    ``on_send()`` is called each time the body starts from its beginning (a redirect re-sends it),
+    ``on_chunk(n)`` after each chunk handed to the connection. Redirects go as in browsers and
+    aiohttp: 307/308 repeat the method and re-send the body from the start; 303, and 301/302 after
+    a POST, continue with a GET without body; 301/302 after another method repeat it with the body.
+    User headers and URL credentials go only to the origin of ``url``.
+
+    Raises RetryableStatus (408/429/5xx, with Retry-After) and other TransientErrors for what is
+    worth another attempt; UploadError for other non-2xx answers (status and the start of the
+    answer in the message); RedirectError; StorageError when the content cannot be read.
+    """
+    request_url, auth = _strip_credentials(url)
+    first_origin = origin(request_url)
+    user_headers = [(n, v) for n, v in headers if n.lower() not in _FRAMING_HEADERS]
+    if body.form_field is not None:
+        # The multipart Content-Type carries the boundary: a user's Content-Type would break it.
+        user_headers = [(n, v) for n, v in user_headers if n.lower() != "content-type"]
+    content_type = "application/octet-stream"
+    if body.form_field is not None:
+        content_type = mimetypes.guess_type(body.filename)[0] or content_type
+    seen = {request_url}
+    send_body = True
+    for _hop in range(MAX_REDIRECTS + 1):
+        same_origin = origin(request_url) == first_origin
+        send: dict[str, str] = {}
+        if same_origin:
+            if auth is not None:
+                send["Authorization"] = auth
+            for name, value in user_headers:
+                send[name] = value
+        # An error answer is read as text: ask for it uncompressed.
+        send["Accept-Encoding"] = "identity"
+        payload: _StreamedBody | None = None
+        data: aiohttp.Payload | None = None
+        if send_body:
+            payload = _StreamedBody(
+                body,
+                content_type=content_type,
+                on_chunk=on_chunk,
+                stall_timeout_s=stall_timeout_s,
+                url=url,
+            )
+            data = _upload_data(body, payload)
+            on_send()
+        try:
+            response = await session.request(
+                method,
+                request_url,
+                data=data,
+                headers=send,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            if payload is not None and payload.error is not None:
+                raise payload.error from exc
+            raise translate(exc, url) from exc
+        try:
+            status = response.status
+            if status in REDIRECT_STATUSES and "Location" in response.headers:
+                location = urljoin(request_url, response.headers["Location"])
+                scheme = urlsplit(location).scheme.lower()
+                if scheme not in SCHEMES:
+                    raise RedirectError(f"redirect to a {scheme or 'relative'}: URL is not followed", url=url)
+                location, _ = _strip_credentials(location)
+                if location in seen:
+                    raise RedirectError(f"redirect loop at {redact_url(location)}", url=url)
+                seen.add(location)
+                if status == 303 or (status in (301, 302) and method == "POST"):
+                    method, send_body = "GET", False
+                if send_body and not body.replayable:
+                    raise UploadError(
+                        f"HTTP {status} redirect to {redact_url(location)}: standard input cannot be "
+                        "sent a second time",
+                        status=status,
+                        url=url,
+                    )
+                request_url = location
+                continue
+            if 200 <= status < 300:
+                answer = UploadAnswer(status=status, reason=response.reason or "", url=request_url)
+                await _finish_success(response)
+                return answer
+            raise upload_status_error(
+                status, response.reason, response.headers, url, await _answer_snippet(response)
+            )
+        finally:
+            # A redirect or an error may come before the whole body is sent: closing drops the
+            # connection (and stops the body writer) rather than reusing a connection mid-request.
+            if not response.closed:
+                response.close()
+    raise RedirectError(f"more than {MAX_REDIRECTS} redirects", url=url)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 SCHEMES = ("http", "https")
+_WHITESPACE = re.compile(r"\s")
 
 
 def usable_url_problem(url: str) -> str | None:
@@ -18,7 +20,7 @@ def usable_url_problem(url: str) -> str | None:
         return "not an http:// or https:// URL"
     if not parts.hostname:
         return "URL has no host"
-    if any(ch.isspace() for ch in url):
+    if _WHITESPACE.search(url):
         return "URL contains white space"
     return None
 
