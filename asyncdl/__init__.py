@@ -19,6 +19,7 @@ from ._exceptions import (
 from ._models import Checksum, Request, Result, Status
 from ._progress import ActiveDownload, Progress, Snapshot
 from ._retry import RetryPolicy
+from ._upload import upload, upload_many
 from ._version import __version__
 
 __all__ = [
@@ -46,4 +47,6 @@ __all__ = [
     "UsageError",
     "__version__",
     "download_many",
+    "upload",
+    "upload_many",
 ]

@@ -29,6 +29,8 @@ EXPECTED = [
     "UsageError",
     "__version__",
     "download_many",
+    "upload",
+    "upload_many",
 ]
 
 

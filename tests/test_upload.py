@@ -23,7 +23,7 @@ from aiohttp import BodyPartReader, web
 
 import asyncdl
 from asyncdl._http import make_session
-from asyncdl._upload import UploadItem, Uploader, make_settings, plan_uploads
+from asyncdl._upload import Uploader, UploadItem, make_settings, plan_uploads
 
 MiB = 1024 * 1024
 
@@ -376,7 +376,9 @@ async def test_500_is_retried_then_fails_with_the_status(sink: Sink, tmp_path: P
 
 async def test_503_with_retry_after_is_honoured_and_the_body_resent_whole(sink: Sink, tmp_path: Path) -> None:
     digest = write_file(tmp_path / "f.bin", 2 * MiB + 3)
-    sink.script("/busy", (503, {"Retry-After": "7"}, "busy"), (503, {"Retry-After": "2"}, "busy"), (201, {}, ""))
+    sink.script(
+        "/busy", (503, {"Retry-After": "7"}, "busy"), (503, {"Retry-After": "2"}, "busy"), (201, {}, "")
+    )
 
     result, waits, progress = await upload_with_fake_sleep(tmp_path / "f.bin", sink.url("/busy"))
 
