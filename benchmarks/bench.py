@@ -576,13 +576,22 @@ def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -
     raise ValueError(f"unknown tool {tool!r}")
 
 
-def tool_environment(home: Path) -> dict[str, str]:
+def snapshot_package(dest: Path) -> Path:
+    """Copy this checkout's asyncdl/ under `dest` and return `dest`, the directory to import it from.
+
+    Every run of one benchmark then measures the same code, even while the checkout is being edited.
+    """
+    shutil.copytree(REPO_ROOT / "asyncdl", dest / "asyncdl", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def tool_environment(home: Path, package_root: Path) -> dict[str, str]:
     """The environment of every timed run: no proxies, and a private HOME so no ~/.curlrc, ~/.wgetrc,
-    ~/.aria2 or ~/.netrc changes what a tool does; asyncdl is imported from this checkout."""
+    ~/.aria2 or ~/.netrc changes what a tool does; asyncdl is imported from `package_root`."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -677,10 +686,7 @@ def tool_version(tool: str, python: str, env: dict[str, str], cwd: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     lines = (done.stdout or done.stderr).strip().splitlines()
-    version = lines[0] if lines else "?"
-    if tool == "asyncdl":
-        version += f" ({git_revision()})"
-    return version
+    return lines[0] if lines else "?"
 
 
 def git_revision() -> str:
@@ -1022,7 +1028,8 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     home, scratch, www = work / "home", work / "scratch", work / "www"
     for directory in (home, scratch, www):
         directory.mkdir()
-    env = tool_environment(home)
+    revision = git_revision()
+    env = tool_environment(home, snapshot_package(work / "src"))
     tools, skip_notes = available_tools(args, env, scratch)
     for note in skip_notes:
         print(note, file=sys.stderr)
@@ -1042,6 +1049,8 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     nginx.start()
     meta["nginx"] = f"{nginx.version()}, {args.nginx_workers} worker(s)"
     meta["tools"] = {tool: tool_version(tool, args.python, env, scratch) for tool in tools}
+    if "asyncdl" in meta["tools"]:
+        meta["tools"]["asyncdl"] += f" ({revision}; copied from the checkout at the start)"
     meta["skipped"] = skip_notes
 
     started = time.perf_counter()

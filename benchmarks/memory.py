@@ -32,9 +32,11 @@ from bench import (
     area_sizes,
     check_asyncdl,
     find_nginx,
+    git_revision,
     interrupt_on_sigterm,
     preflight,
     run_timed,
+    snapshot_package,
     tool_command,
     tool_environment,
     tool_version,
@@ -84,7 +86,8 @@ def measure(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> bool:
     home, scratch, www = work / "home", work / "scratch", work / "www"
     for directory in (home, scratch, www):
         directory.mkdir()
-    env = tool_environment(home)
+    revision = git_revision()
+    env = tool_environment(home, snapshot_package(work / "src"))
     problem = check_asyncdl(args.python, env, scratch)
     if problem:
         raise AsyncdlUnavailable(problem)
@@ -99,7 +102,8 @@ def measure(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> bool:
     nginx.start()
 
     setup = ToolSetup(args.python, tuple(shlex.split(args.asyncdl_args)))
-    print(f"asyncdl {tool_version('asyncdl', args.python, env, scratch)}; output on {area.kind}")
+    version = tool_version("asyncdl", args.python, env, scratch)
+    print(f"asyncdl {version} ({revision}); output on {area.kind}")
     all_met = True
     for workload, target_mib in workloads:
         dataset = Dataset(
