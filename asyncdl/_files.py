@@ -314,8 +314,10 @@ class TempFile:
 
     async def _open(self) -> None:
         if self._offset == 0:
-            await self._save_meta()
+            # Truncate first, then describe: a crash between the two leaves an empty file (never
+            # resumed), not the bytes of an earlier version under the metadata of this one.
             self._file = await aiofiles.open(self.path, "wb")
+            await self._save_meta()
         else:
             self._file = await aiofiles.open(self.path, "r+b")
             await self._file.seek(self._offset)

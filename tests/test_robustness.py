@@ -7,6 +7,7 @@ and, where the length of a wait is the point, an injected sleep that records ins
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gzip
 import hashlib
@@ -421,6 +422,32 @@ async def test_partial_without_metadata_is_not_resumed(fault_server: FaultServer
     assert (tmp_path / "nometa").read_bytes() == BODY
 
 
+async def test_failure_while_restarting_never_pairs_old_bytes_with_new_metadata(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run dies (here: the file cannot be reopened) just as it restarts a partial whose remote changed;
+    # the next run must not take the old bytes for a prefix of the new version.
+    old, new = os.urandom(1_500_000), os.urandom(1_500_000)  # above the write buffer: a file is opened
+    route = fault_server.route("/x", bodies=[old, new], version=1)
+    url = fault_server.url("/x")
+    meta = ResumeMeta(url=url, etag=route.etag_for(0), size=len(old))
+    await leave_partial(tmp_path, url, "x", old[:100_000], meta)
+    real_open = aiofiles.open
+
+    def failing_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "wb":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(path, mode, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(aiofiles, "open", failing_open)
+        first = await get_one(url, tmp_path, retry_policy=fast(0))
+    assert first.status is Status.FAILED
+    second = await get_one(url, tmp_path)
+    assert second.status is Status.OK
+    assert (tmp_path / "x").read_bytes() == new
+
+
 # --- integrity ---------------------------------------------------------------------------------------
 
 
@@ -771,3 +798,28 @@ def test_unwritable_output_directory_on_the_command_line(
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("asyncdl: cannot write to output directory") and "\n" not in err
+
+
+async def test_a_server_that_accepts_but_never_answers_is_a_stall(tmp_path: Path) -> None:
+    connections = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while await reader.read(65536):  # read the request, answer nothing, until the client leaves
+                pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        started = time.monotonic()
+        result = await get_one(f"http://127.0.0.1:{port}/x", tmp_path, timeout=0.2, retry_policy=fast(1))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.status is Status.FAILED and result.attempts == 2
+    assert "stalled" in (result.error or "")
+    assert connections == 2 and time.monotonic() - started < 5
