@@ -83,6 +83,7 @@ class Downloader:
             retry=retry_policy or RetryPolicy(retries=retries),
             overwrite=overwrite,
             headers=_header_pairs(headers),
+            connections=connections,
         )
         self.progress = progress or Progress()
         self._limiter = RateLimiter(rate) if rate else None

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from ._naming import (
 from ._progress import Progress
 from ._ratelimit import RateLimiter
 from ._retry import RetryPolicy
+from ._segments import PIECE_SIZE, FileChanged, PieceMap, fetch_pieces, write_piece
 from ._urls import redact_text, redact_url, usable_url_problem
 
 
@@ -50,6 +53,7 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     overwrite: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    connections: int = 1  # -x: connections for one large file (segmented download)
 
 
 @dataclass
@@ -145,6 +149,10 @@ class Engine:
         return result
 
 
+class _OneStream(Exception):
+    """Fetch this file in one stream: ranges work but cannot be used safely for pieces."""
+
+
 class _Skip(Exception):
     """The target turned out to exist already (its name came from Content-Disposition)."""
 
@@ -208,24 +216,36 @@ class _Job:
         prefix = f"{redact_url(last_error.url)}: " if last_error.url and len(self.request.urls) > 1 else ""
         return self.failed(prefix + str(last_error))
 
-    async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None]:
+    async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None, PieceMap | None]:
+        """What is on disk: (state, offset to resume at, validator, the pieces of a segmented file)."""
         if self.attempts == 1 and not await self.engine.index.exists(
             self.temp.path.parent, self.temp.path.name
         ):
-            return None, 0, None  # no earlier run left a partial file (known without a thread hop)
+            return None, 0, None, None  # no earlier run left a partial file (known without a thread hop)
         state = await self.temp.inspect()
         if state is None or state.size == 0 or state.meta is None:
-            return state, 0, None
+            return state, 0, None, None
         meta = state.meta
         validator = Validator(etag=meta.etag, last_modified=meta.last_modified)
         if validator.if_range is None or (meta.size is not None and state.size > meta.size):
             # Without a strong validator a resumed file could mix two versions: start over.
-            return state, 0, None
-        return state, state.size, validator
+            return state, 0, None, None
+        if meta.pieces is not None:
+            # A segmented file is pre-sized: only its recorded pieces count.
+            pieces = PieceMap.from_json(meta.size or 0, meta.pieces) if meta.size else None
+            if pieces is None or state.size != meta.size:
+                return state, 0, None, None
+            return state, pieces.prefix_bytes(), validator, pieces
+        return state, state.size, validator, None
 
     async def _attempt(self, url: str) -> Result:
-        state, offset, validator = await self._resume_point()
+        state, offset, validator, pieces = await self._resume_point()
         try:
+            if self.engine.settings.connections > 1 and (offset == 0 or pieces is not None):
+                try:
+                    return await self._attempt_segmented(url, state, validator, pieces)
+                except _OneStream:
+                    offset, validator = 0, None
             async with open_body(
                 self.engine.session, url, offset=offset, validator=validator, headers=self.headers
             ) as body:
@@ -236,6 +256,87 @@ class _Job:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.temp.close())
             raise
+
+    async def _attempt_segmented(
+        self, url: str, state: PartialState | None, validator: Validator | None, pieces: PieceMap | None
+    ) -> Result:
+        """Fetch the file as pieces over several connections; small or unrangeable files in one stream.
+
+        The first request asks for the first piece only: its answer tells the size, the validator
+        and whether ranges work, with no extra HEAD request.
+        """
+        engine = self.engine
+        progress = engine.progress
+        if pieces is None:
+            async with open_body(
+                engine.session, url, offset=0, end=PIECE_SIZE - 1, headers=self.headers
+            ) as body:
+                total = body.range_total
+                if not (
+                    body.status == 206
+                    and body.range_start == 0
+                    and total is not None
+                    and total > PIECE_SIZE
+                    and body.validator.if_range is not None
+                ):
+                    if body.status == 206 and body.total_size != body.content_length:
+                        # Ranges work, but without a validator pieces could mix two versions.
+                        raise _OneStream()
+                    return await self._receive(url, body, state, 0)  # the whole file is in this answer
+                await self._maybe_rename(body)
+                validator = body.validator
+                pieces = PieceMap(total)
+                meta = ResumeMeta(
+                    url=url,
+                    etag=body.etag,
+                    last_modified=body.last_modified,
+                    size=total,
+                    pieces=pieces.to_json(),
+                )
+                await self.temp.begin_sparse(total, meta, keep=False)
+                progress.begin(self.key, done=0, total=total)
+                await write_piece(body, 0, PIECE_SIZE, write_at=self.temp.write_at, on_bytes=self._on_bytes)
+            pieces.mark_done(0)
+            await self.temp.save_meta(dataclasses.replace(meta, pieces=pieces.to_json()))
+        else:
+            assert state is not None and state.meta is not None
+            meta = state.meta
+            await self.temp.begin_sparse(pieces.total, meta, keep=True)
+            progress.begin(self.key, done=pieces.bytes_done(), total=pieces.total)
+        done_pieces = pieces
+
+        async def piece_done(_index: int) -> None:
+            await self.temp.save_meta(dataclasses.replace(meta, pieces=done_pieces.to_json()))
+
+        def open_piece(start: int, end: int) -> AbstractAsyncContextManager[Body]:
+            # Each piece asks the original URL (redirects are followed again), so that user
+            # headers keep going only to the origin the user named.
+            return open_body(
+                engine.session, url, offset=start, end=end, validator=validator, headers=self.headers
+            )
+
+        try:
+            await fetch_pieces(
+                pieces,
+                open_piece=open_piece,
+                write_at=self.temp.write_at,
+                on_bytes=self._on_bytes,
+                on_piece_done=piece_done,
+                connections=engine.settings.connections,
+                max_failures=max(1, engine.settings.retry.retries) * engine.settings.connections,
+            )
+        except FileChanged:
+            await self.temp.discard()
+            raise
+        checksum = self.request.checksum
+        hasher = await hash_prefix(self.temp.path, pieces.total, checksum.algorithm) if checksum else None
+        return await self._finish(url, hasher, pieces.total)
+
+    async def _on_bytes(self, n: int) -> None:
+        if self.engine.limiter is not None:
+            await self.engine.limiter.take(n)
+        self.engine.progress.advance(self.key, n)
+        self.received += n
 
     async def _receive(self, url: str, body: Body, state: PartialState | None, offset: int) -> Result:
         if body.status == 416:

@@ -37,6 +37,8 @@ class ResumeMeta:
     etag: str | None = None
     last_modified: str | None = None
     size: int | None = None  # the whole remote file, when known
+    # A segmented download's pieces on disk ({"piece_size": N, "done": [...]}); None: a plain prefix.
+    pieces: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({"version": _META_VERSION, **asdict(self)})
@@ -48,11 +50,13 @@ class ResumeMeta:
             if data.get("version") != _META_VERSION:
                 return None
             size = data.get("size")
+            pieces = data.get("pieces")
             return cls(
                 url=str(data["url"]),
                 etag=data.get("etag"),
                 last_modified=data.get("last_modified"),
                 size=int(size) if size is not None else None,
+                pieces=pieces if isinstance(pieces, dict) else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -136,6 +140,29 @@ def _write_whole(temp: Path, data: bytes, target: Path, meta_path: Path | None, 
     return placed
 
 
+def _open_sized(path: Path, size: int, keep: bool) -> int:
+    flags = os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def _discard(temp: Path, meta_path: Path) -> None:
     temp.unlink(missing_ok=True)
     meta_path.unlink(missing_ok=True)
@@ -159,6 +186,9 @@ _a_write_meta = aiofiles.os.wrap(_write_meta)
 _a_place = aiofiles.os.wrap(_place)
 _a_write_whole = aiofiles.os.wrap(_write_whole)
 _a_discard = aiofiles.os.wrap(_discard)
+_a_open_sized = aiofiles.os.wrap(_open_sized)
+_a_pwrite_all = aiofiles.os.wrap(_pwrite_all)
+_a_close_fd = aiofiles.os.wrap(os.close)
 _a_hash_prefix = aiofiles.os.wrap(_hash_prefix)
 _a_makedirs = aiofiles.os.wrap(os.makedirs)
 
@@ -250,6 +280,7 @@ class TempFile:
         self.path = path
         self.meta_path = path.with_name(path.name + META_SUFFIX)
         self._file: Any = None  # aiofiles handle, opened at the first flush
+        self._fd: int | None = None  # a segmented download's file descriptor (pwrite at offsets)
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._offset = 0  # where the buffer starts in the file
@@ -323,7 +354,38 @@ class TempFile:
             await self._file.seek(self._offset)
             await self._file.truncate()
 
+    # --- segmented downloads: pieces written at their offsets into a pre-sized file ---
+    async def begin_sparse(self, size: int, meta: ResumeMeta, *, keep: bool) -> None:
+        """Prepare a file of ``size`` bytes for ``write_at`` (its bytes kept when ``keep``)."""
+        await self._close_handle()
+        self._buffer.clear()
+        self._buffered = 0
+        self._meta = meta
+        await self._save_meta()
+        try:
+            self._fd = await _a_open_sized(self.path, size, keep)
+        except OSError as exc:
+            raise storage_error(exc, "create", self.path) from exc
+        self._offset = size  # the file is complete once every piece is written
+
+    async def write_at(self, offset: int, data: bytes) -> None:
+        try:
+            await _a_pwrite_all(self._fd, data, offset)
+        except OSError as exc:
+            raise storage_error(exc, "write", self.path) from exc
+
+    async def save_meta(self, meta: ResumeMeta) -> None:
+        """Record new metadata (a segmented download's finished pieces)."""
+        self._meta = meta
+        await self._save_meta()
+
     async def _close_handle(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                await _a_close_fd(fd)
+            except OSError as exc:
+                raise storage_error(exc, "write", self.path) from exc
         if self._file is not None:
             handle, self._file = self._file, None
             try:
@@ -377,6 +439,9 @@ class TempFile:
 # (imports kept here, with the code that needs them, so this section stays self-contained)
 import stat  # noqa: E402
 from collections.abc import AsyncGenerator  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import aiofiles.threadpool  # noqa: E402
 
 UPLOAD_CHUNK_SIZE = 1024 * 1024
 
@@ -410,6 +475,20 @@ async def probe_upload(path: Path) -> int | None:
     return size
 
 
+def _open_for_upload(path: Path | None, opened: list[Any]) -> Any:
+    handle = open(0, "rb", buffering=0, closefd=False) if path is None else open(path, "rb", buffering=0)  # noqa: SIM115
+    opened.append(handle)  # before returning: a cancelled caller never sees the handle
+    return handle
+
+
+_a_open_for_upload = aiofiles.os.wrap(_open_for_upload)
+
+
+def _close_all(opened: list[Any]) -> None:
+    for handle in opened:
+        handle.close()
+
+
 async def read_upload_chunks(
     path: Path | None, *, size: int | None = None, chunk_size: int = UPLOAD_CHUNK_SIZE
 ) -> AsyncGenerator[bytes, None]:
@@ -421,23 +500,27 @@ async def read_upload_chunks(
     """
     shown = path if path is not None else Path("<stdin>")
     remaining = size
+    # One thread per upload, so its jobs run in order: the close always comes after the last read
+    # and after the open, even when the upload is cancelled in the middle of either (aiohttp cancels
+    # the body writer as soon as the answer is in). A cancelled aiofiles.open() would leak its file.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncdl-upload")
+    opened: list[Any] = []
     try:
+        raw = await _a_open_for_upload(path, opened, executor=executor)
         # buffering=0: each read goes straight to the OS, without a second copy in a BufferedReader.
-        opened = (
-            aiofiles.open(0, "rb", buffering=0, closefd=False)
-            if path is None
-            else aiofiles.open(path, "rb", buffering=0)
-        )
-        async with opened as handle:
-            while remaining is None or remaining > 0:
-                want = chunk_size if remaining is None else min(chunk_size, remaining)
-                chunk: bytes = await handle.read(want)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
+        handle = aiofiles.threadpool.wrap(raw, executor=executor)
+        while remaining is None or remaining > 0:
+            want = chunk_size if remaining is None else min(chunk_size, remaining)
+            chunk: bytes = await handle.read(want)
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
     except OSError as exc:
         raise storage_error(exc, "read", shown) from exc
+    finally:
+        executor.submit(_close_all, opened)
+        executor.shutdown(wait=False)  # the close still runs; nothing waits for it here
     if remaining:
         raise StorageError(f"{shown} shrank during the upload: {remaining} of {size} bytes missing")

@@ -297,11 +297,12 @@ async def open_body(
     url: str,
     *,
     offset: int = 0,
+    end: int | None = None,
     validator: Validator | None = None,
     headers: Iterable[tuple[str, str]] = (),
     method: str = "GET",
 ) -> AsyncIterator[Body]:
-    """GET ``url`` (following redirects) asking for the bytes from ``offset`` on.
+    """GET ``url`` (following redirects) asking for the bytes from ``offset`` on (to ``end``, inclusive).
 
     Yields a :class:`Body` for 2xx and 416 answers; raises RetryableStatus / HTTPStatusError for the
     others, RedirectError for loops, and TransientError subclasses for network trouble. User headers and
@@ -328,8 +329,8 @@ async def open_body(
                     send["Authorization"] = from_netrc
             # Ask for the bytes as served: a compressed body could not be resumed or checked.
             send["Accept-Encoding"] = "identity"
-            if offset > 0:
-                send["Range"] = f"bytes={offset}-"
+            if offset > 0 or end is not None:
+                send["Range"] = f"bytes={offset}-{'' if end is None else end}"
                 if validator is not None and validator.if_range:
                     send["If-Range"] = validator.if_range
             try:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from ._exceptions import ConnectError, DownloadError, TransientError
+from ._exceptions import ConnectError, TransientError
 
 # 4 MiB pieces: few enough requests on a fast link (256 for 1 GiB), short enough (0.5 s at 8 MiB/s)
 # that the last piece of a throttled download does not straggle.
@@ -51,6 +51,13 @@ class PieceMap:
     def bytes_done(self) -> int:
         return sum(self.ranges[i][1] - self.ranges[i][0] for i in self.done)
 
+    def prefix_bytes(self) -> int:
+        """Bytes from the start of the file up to the first piece not on disk."""
+        for index, (start, _end) in enumerate(self.ranges):
+            if index not in self.done:
+                return start
+        return self.total
+
     def is_complete(self) -> bool:
         return len(self.done) == len(self.ranges)
 
@@ -78,11 +85,51 @@ class PieceBody(Protocol):
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
-class FileChanged(DownloadError):
+class FileChanged(TransientError):
     """A piece came back as a whole new body (200): the remote file changed; restart from zero."""
 
 
 OpenPiece = Callable[[int, int], AbstractAsyncContextManager[PieceBody]]
+
+
+def check_piece_answer(body: PieceBody, start: int, end: int, total: int) -> None:
+    """Raise unless ``body`` is the 206 answer for bytes ``[start, end)`` of a ``total``-byte file."""
+    if body.status == 200:
+        raise FileChanged("the file changed during a segmented download; restarting")
+    if body.status != 206 or body.range_start != start or body.range_total != total:
+        raise ConnectError(
+            f"unexpected answer to a range request for bytes {start}-{end - 1}: "
+            f"status {body.status}, start {body.range_start}, total {body.range_total}"
+        )
+
+
+async def write_piece(
+    body: PieceBody,
+    start: int,
+    end: int,
+    *,
+    write_at: Callable[[int, bytes], Awaitable[None]],
+    on_bytes: Callable[[int], Awaitable[None]],
+) -> None:
+    """Stream ``body`` (bytes ``[start, end)``) to its offsets, in blocks of WRITE_BLOCK."""
+    position = start
+    block: list[bytes] = []
+    block_size = 0
+    async for chunk in body.chunks():
+        if position + block_size + len(chunk) > end:
+            raise ConnectError(f"server sent more than the requested range {start}-{end - 1}")
+        block.append(chunk)
+        block_size += len(chunk)
+        await on_bytes(len(chunk))
+        if block_size >= WRITE_BLOCK:
+            await write_at(position, block[0] if len(block) == 1 else b"".join(block))
+            position += block_size
+            block, block_size = [], 0
+    if block:
+        await write_at(position, b"".join(block))
+        position += block_size
+    if position != end:
+        raise ConnectError(f"piece {start}-{end - 1} cut short at {position}")
 
 
 async def fetch_pieces(
@@ -107,31 +154,8 @@ async def fetch_pieces(
     async def fetch_one(index: int) -> None:
         start, end = pieces.ranges[index]
         async with open_piece(start, end - 1) as body:
-            if body.status == 200:
-                raise FileChanged("the file changed during a segmented download; restarting")
-            if body.status != 206 or body.range_start != start or body.range_total != pieces.total:
-                raise ConnectError(
-                    f"unexpected answer to a range request for bytes {start}-{end - 1}: "
-                    f"status {body.status}, start {body.range_start}, total {body.range_total}"
-                )
-            position = start
-            block: list[bytes] = []
-            block_size = 0
-            async for chunk in body.chunks():
-                if position + block_size + len(chunk) > end:
-                    raise ConnectError(f"server sent more than the requested range {start}-{end - 1}")
-                block.append(chunk)
-                block_size += len(chunk)
-                await on_bytes(len(chunk))
-                if block_size >= WRITE_BLOCK:
-                    await write_at(position, b"".join(block))
-                    position += block_size
-                    block, block_size = [], 0
-            if block:
-                await write_at(position, b"".join(block))
-                position += block_size
-            if position != end:
-                raise ConnectError(f"piece {start}-{end - 1} cut short at {position}")
+            check_piece_answer(body, start, end, pieces.total)
+            await write_piece(body, start, end, write_at=write_at, on_bytes=on_bytes)
         pieces.mark_done(index)
         await on_piece_done(index)
 
