@@ -281,6 +281,7 @@ class TempFile:
         self.meta_path = path.with_name(path.name + META_SUFFIX)
         self._file: Any = None  # aiofiles handle, opened at the first flush
         self._fd: int | None = None  # a segmented download's file descriptor (pwrite at offsets)
+        self._writing: asyncio.Future[None] | None = None  # the write in flight, if any
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._offset = 0  # where the buffer starts in the file
@@ -320,19 +321,33 @@ class TempFile:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the buffer to disk (opening the file and saving metadata first, if not yet done)."""
+        """Hand the buffer to the writer thread (opening the file and saving metadata first, if needed).
+
+        The write runs while the next buffer fills: receiving (this thread) and writing (the
+        executor's) overlap on two cores. At most one write is in flight, so writes stay in order
+        and memory stays at two buffers; ``close()`` waits for it.
+        """
         if not self._buffer:
             return
-        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        chunks, size = self._buffer, self._buffered
+        self._buffer, self._buffered = [], 0
+        await self._wait_for_write()
         try:
             if self._file is None:
                 await self._open()
-            await self._file.write(data)
         except OSError as exc:
             raise storage_error(exc, "write", self.path) from exc
-        self._buffer.clear()
-        self._offset += self._buffered
-        self._buffered = 0
+        # writelines: each chunk goes to the kernel as it is, without joining them into a new buffer.
+        self._writing = asyncio.ensure_future(self._file.writelines(chunks))
+        self._offset += size
+
+    async def _wait_for_write(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            try:
+                await writing
+            except OSError as exc:
+                raise storage_error(exc, "write", self.path) from exc
 
     async def _save_meta(self) -> None:
         if self._meta is None:
@@ -380,6 +395,13 @@ class TempFile:
         await self._save_meta()
 
     async def _close_handle(self) -> None:
+        try:
+            await self._wait_for_write()
+        except BaseException:
+            if self._file is not None:
+                handle, self._file = self._file, None
+                await asyncio.shield(handle.close())
+            raise
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:

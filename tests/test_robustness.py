@@ -696,6 +696,9 @@ class _FullDiskFile:
     async def write(self, data: bytes) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    async def writelines(self, chunks: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
