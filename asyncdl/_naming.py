@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import unicodedata
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
@@ -45,7 +46,13 @@ def _is_unsafe_char(ch: str) -> bool:
     return ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cs")
 
 
+# Most names are plain: one regex search (C speed) says so before any per-character work.
+_MAYBE_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _replace_unsafe_chars(text: str) -> str:
+    if not _MAYBE_UNSAFE.search(text):
+        return text
     return "".join("_" if _is_unsafe_char(ch) else ch for ch in text)
 
 
