@@ -10,13 +10,13 @@ _WHITESPACE = re.compile(r"\s")
 
 
 # The common case, checked in one regex match: scheme, a plain host, an optional port, no spaces.
-_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\s]*)?\Z", re.IGNORECASE)
+_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::([0-9]{1,5}))?(?:[/?#][^\s]*)?\Z", re.IGNORECASE)
 
 
 def usable_url_problem(url: str) -> str | None:
     """None when ``url`` is an absolute http(s) URL with a host; else why it is not."""
     match = _PLAIN_URL.match(url)
-    if match is not None and (":" not in url[8:] or _port_ok(url)):
+    if match is not None and (match.group(1) is None or int(match.group(1)) < 65536):
         return None
     try:
         parts = urlsplit(url)
@@ -30,14 +30,6 @@ def usable_url_problem(url: str) -> str | None:
     if _WHITESPACE.search(url):
         return "URL contains white space"
     return None
-
-
-def _port_ok(url: str) -> bool:
-    try:
-        port = urlsplit(url).port
-    except ValueError:
-        return False
-    return port is None or 0 < port < 65536
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
