@@ -27,7 +27,9 @@ class RateLimiter:
     """Caps the combined byte rate of all callers at ``rate_bps``.
 
     Virtual scheduling (GCRA): each ``take(n)`` books the next ``n / rate`` seconds of the line and
-    waits until its booking starts; a burst of up to ``burst_s`` seconds is allowed after idling.
+    waits until its booking ends. Callers take after receiving (the bytes are already here), so
+    waiting for the end is what keeps them from reading more early. A burst of up to ``burst_s``
+    seconds is allowed after idling.
     Clock and sleep are injected so tests need no real waiting.
     """
 
@@ -48,11 +50,11 @@ class RateLimiter:
         self._next_free = clock()
 
     def reserve(self, n: int) -> float:
-        """Book ``n`` bytes; the seconds to wait before sending them."""
+        """Book ``n`` bytes; the seconds to wait before going on."""
         now = self._clock()
         start = max(self._next_free, now - self._burst_s)
         self._next_free = start + n / self.rate_bps
-        return max(0.0, start - now)
+        return max(0.0, self._next_free - now)
 
     async def take(self, n: int) -> None:
         delay = self.reserve(n)

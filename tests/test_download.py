@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Iterator
@@ -261,3 +262,16 @@ def _unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_limit_rate_caps_the_overall_rate(file_server: FileServer, tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    body = os.urandom(600 * 1024)
+    file_server.add("/a", body)
+    file_server.add("/b", body)
+    started = loop.time()
+    results = await download_many([file_server.url("/a"), file_server.url("/b")], tmp_path, limit_rate="2M")
+    elapsed = loop.time() - started
+    assert all(r.status is Status.OK for r in results)
+    # 1.2 MiB at 2 MiB/s cannot take less than 0.6 s, less the 0.1 s burst allowed after idling.
+    assert elapsed >= 0.5

@@ -46,3 +46,17 @@ async def test_netrc_credentials_go_to_their_host_only(
     assert [r.status for r in results] == [Status.OK, Status.OK]
     assert file_server.requests[0].headers["Authorization"] == "Basic YWxpY2U6d29uZGVybGFuZA=="
     assert "Authorization" not in other.requests[0].headers
+
+
+async def test_http_proxy_from_the_environment_is_used(
+    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test server plays the proxy: a request for another host arrives there in absolute form.
+    monkeypatch.setenv("HTTP_PROXY", file_server.url(""))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    file_server.add("/via-proxy.txt", b"proxied")
+    (result,) = await download_many(["http://files.example.invalid/via-proxy.txt"], tmp_path)
+    assert result.status is Status.OK, result.error
+    assert (tmp_path / "via-proxy.txt").read_bytes() == b"proxied"
+    assert file_server.requests[0].headers["Host"] == "files.example.invalid"

@@ -88,9 +88,9 @@ async def test_rate_limiter_books_time_at_the_rate() -> None:
     limiter = RateLimiter(1000, burst_s=0.0, clock=clock, sleep=sleep)
     for _ in range(5):
         await limiter.take(500)
-    # 2,500 bytes at 1,000 B/s: the first goes at once, then a wait of 0.5 s per 500 bytes.
-    assert waits == [0.5, 0.5, 0.5, 0.5]
-    assert clock.now == pytest.approx(102.0)
+    # 2,500 bytes at 1,000 B/s: each 500 bytes waits until its 0.5 s of the line is over.
+    assert waits == [0.5, 0.5, 0.5, 0.5, 0.5]
+    assert clock.now == pytest.approx(102.5)
 
 
 async def test_pool_bounds_concurrency_and_prepares_in_order() -> None:
