@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,7 @@ from ._models import BadEntry, Checksum, Request, Result
 from ._pool import bounded_map
 from ._progress import Progress
 from ._ratelimit import RateLimiter, parse_rate
+from ._ray import DEFAULT_SHARD_SIZE, RayCluster, WorkerConfig
 from ._retry import RetryPolicy
 
 RequestLike = str | Request
@@ -49,6 +51,12 @@ class Downloader:
     ``"10M"``), ``headers`` (sent with every request), ``overwrite``. ``progress`` is the
     :class:`Progress` to update (one is made when not given); read it with ``dl.progress.snapshot()``.
     ``retry_policy`` replaces the default backoff (it then also decides the number of retries).
+
+    Scale-out: ``ray="local"`` (start Ray here), ``"auto"`` (the running cluster) or
+    ``"ray://HOST:PORT"`` runs the downloads on ``workers`` Ray actors (default: one per node),
+    each a downloader with its own ``jobs`` pool, handed ``shard_size`` requests at a time; the
+    ``limit_rate`` cap is shared evenly between them. ``dest`` must be at the same path on every
+    node. Needs ``pip install 'asyncdl[ray]'``.
     """
 
     def __init__(
@@ -64,6 +72,9 @@ class Downloader:
         overwrite: bool = False,
         progress: Progress | None = None,
         retry_policy: RetryPolicy | None = None,
+        ray: str | None = None,
+        workers: int | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
         if jobs < 1:
             raise UsageError("jobs must be at least 1")
@@ -89,6 +100,23 @@ class Downloader:
         self._limiter = RateLimiter(rate) if rate else None
         self._engine: Engine | None = None
         self._slots = asyncio.Semaphore(jobs)
+        self._cluster: RayCluster | None = None
+        if ray is not None:
+            config = WorkerConfig(
+                # Relative paths mean the same on every node: workers start in this directory.
+                cwd=os.getcwd(),
+                dest=str(self.dest),
+                jobs=jobs,
+                connections=connections,
+                timeout=timeout,
+                limit_rate=rate,
+                settings=self.settings,
+            )
+            self._cluster = RayCluster(
+                ray, workers=workers, shard_size=shard_size, config=config, progress=self.progress
+            )
+        elif workers is not None or shard_size != DEFAULT_SHARD_SIZE:
+            raise UsageError("workers and shard_size need ray (--ray)")
 
     async def __aenter__(self) -> Downloader:
         await self.open()
@@ -104,14 +132,21 @@ class Downloader:
         if self._engine is not None:
             return
         await ensure_dir(self.dest)
+        if self._cluster is not None:
+            await self._cluster.open()  # the workers own the sessions
+            return
         session = make_session(connections=self.jobs * self.connections, stall_timeout_s=self.timeout)
         self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
 
     async def aclose(self) -> None:
         """Close the connection pool. Safe to call twice."""
         engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.session.close()
+        try:
+            if engine is not None:
+                await engine.session.close()
+        finally:
+            if self._cluster is not None:
+                await self._cluster.aclose()
 
     def _require_engine(self) -> Engine:
         if self._engine is None:
@@ -142,8 +177,17 @@ class Downloader:
                 headers=(*request.headers, *_header_pairs(headers)),
                 source=request.source,
             )
+        if self._cluster is not None:
+            async with contextlib.aclosing(self._cluster.stream([request])) as results:
+                async for result in results:
+                    return result
+            raise AssertionError("a Ray run of one request gave no result")
         engine = self._require_engine()
-        plan = engine.plan(request)
+        return await self._run_plan(engine.plan(request))
+
+    async def _run_plan(self, plan: Plan) -> Result:
+        """Run one download planned elsewhere (a Ray worker runs the driver's plans this way)."""
+        engine = self._require_engine()
         async with self._slots:
             return await engine.run(plan)
 
@@ -153,8 +197,13 @@ class Downloader:
         """Download every item with ``jobs`` at once; yield results as they finish.
 
         The input is read lazily, one item per free worker, so a list of millions needs no more
-        memory than a list of ten.
+        memory than a list of ten. On Ray, results come back a shard at a time.
         """
+        if self._cluster is not None:
+            async with contextlib.aclosing(self._cluster.stream(requests)) as cluster_results:
+                async for result in cluster_results:
+                    yield result
+            return
         engine = self._require_engine()
 
         def prepare(item: RequestLike | BadEntry) -> Plan:

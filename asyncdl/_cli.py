@@ -122,6 +122,16 @@ def download_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
     parser.add_argument("--report", metavar="FILE", help="write a JSON Lines report, one object a download")
+    ray = parser.add_argument_group("scale-out on a Ray cluster (pip install 'asyncdl[ray]')")
+    ray.add_argument(
+        "--ray", metavar="ADDRESS", help="run on Ray: 'auto' (running cluster), 'ray://HOST:PORT', 'local'"
+    )
+    ray.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="download workers (default: one per node)"
+    )
+    ray.add_argument(
+        "--shard-size", type=_positive_int, metavar="N", help="URLs a worker gets at a time (default 1000)"
+    )
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     return parser
 
@@ -247,19 +257,22 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
     progress = Progress()
     renderer = _renderer(args.quiet, progress, stderr)
     failed = 0
+    # Made before the display starts: a usage error (--ray without Ray) is then one line, no summary.
+    downloader = Downloader(
+        dest,
+        jobs=args.jobs,
+        connections=args.connections,
+        retries=args.retries,
+        timeout=args.timeout,
+        limit_rate=args.limit_rate,
+        headers=args.header,
+        overwrite=args.overwrite,
+        progress=progress,
+        **_ray_options(args),
+    )
     drawing = asyncio.ensure_future(renderer.run())
     try:
-        async with Downloader(
-            dest,
-            jobs=args.jobs,
-            connections=args.connections,
-            retries=args.retries,
-            timeout=args.timeout,
-            limit_rate=args.limit_rate,
-            headers=args.header,
-            overwrite=args.overwrite,
-            progress=progress,
-        ) as dl:
+        async with downloader as dl:
             async for result in dl.stream(_requests(sources, stdin)):
                 if report is not None:
                     report.write(result)
@@ -275,6 +288,17 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
             report.close()
         renderer.message(summary_line(progress.snapshot()))
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _ray_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ray is None:
+        if args.workers is not None or args.shard_size is not None:
+            raise UsageError("--workers and --shard-size need --ray")
+        return {}
+    options: dict[str, Any] = {"ray": args.ray, "workers": args.workers}
+    if args.shard_size is not None:
+        options["shard_size"] = args.shard_size
+    return options
 
 
 def _failure_line(result: Result) -> str:

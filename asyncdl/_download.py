@@ -27,7 +27,16 @@ from ._exceptions import (
     IncompleteBody,
     StorageError,
 )
-from ._files import DirectoryIndex, PartialState, ResumeMeta, TempFile, hash_prefix, size_of
+from ._files import (
+    DirectoryIndex,
+    PartialState,
+    ResumeMeta,
+    TempFile,
+    hash_prefix,
+    load_final_name,
+    save_final_name,
+    size_of,
+)
 from ._http import Body, Validator, open_body
 from ._models import BadEntry, Request, Result, Status
 from ._naming import (
@@ -54,6 +63,13 @@ class Settings:
     overwrite: bool = False
     headers: tuple[tuple[str, str], ...] = ()
     connections: int = 1  # -x: connections for one large file (segmented download)
+    # Other processes write into dest during the run (the workers of a Ray run). Names known before
+    # the request come from one registry (the driver's) and stay distinct as in a local run; a name
+    # taken from Content-Disposition cannot be checked against the other workers' names, so:
+    # existence is asked of the disk (no listing snapshot), a taken name gets the next suffix (at
+    # rename and at the no-clobber commit), and a final name that differs from the planned one is
+    # recorded beside the temporary file, where a retried shard or a re-run finds it.
+    shared_dest: bool = False
 
 
 @dataclass
@@ -71,6 +87,31 @@ class Plan:
     @property
     def target(self) -> Path:
         return self.directory / self.name
+
+    @property
+    def temp_path(self) -> Path:
+        return self.directory / temp_name(self.name, self.temp_key)
+
+
+def plan_download(item: Request | BadEntry, dest: Path, registry: NameRegistry) -> Plan:
+    """Decide the target of ``item`` inside ``dest``, claiming its name in ``registry``.
+
+    Synchronous and without I/O, so it runs in input order wherever the names must be decided: in
+    the Engine for a local run, on the driver of a Ray run.
+    """
+    if isinstance(item, BadEntry):
+        return Plan(None, dest, "", False, "", failure=item.message, shown_url=redact_url(item.url))
+    request = item
+    problem = usable_url_problem(request.url) or next(
+        (usable_url_problem(m) for m in request.mirrors if usable_url_problem(m)), None
+    )
+    if problem:
+        where = f"{request.source}: " if request.source else ""
+        return Plan(request, dest, "", False, "", failure=f"{where}{problem}: {redact_url(request.url)}")
+    directory = safe_subdir(dest, request.dir)
+    provisional = sanitize_name(request.out) if request.out else name_from_url(request.url)
+    name = registry.claim(directory, provisional)
+    return Plan(request, directory, name, request.out is not None, temp_key=f"{request.url}\n{name}")
 
 
 class Engine:
@@ -98,20 +139,13 @@ class Engine:
 
     # --- planning (sync) ---
     def plan(self, item: Request | BadEntry) -> Plan:
-        dest = self.settings.dest
-        if isinstance(item, BadEntry):
-            return Plan(None, dest, "", False, "", failure=item.message, shown_url=redact_url(item.url))
-        request = item
-        problem = usable_url_problem(request.url) or next(
-            (usable_url_problem(m) for m in request.mirrors if usable_url_problem(m)), None
-        )
-        if problem:
-            where = f"{request.source}: " if request.source else ""
-            return Plan(request, dest, "", False, "", failure=f"{where}{problem}: {redact_url(request.url)}")
-        directory = safe_subdir(dest, request.dir)
-        provisional = sanitize_name(request.out) if request.out else name_from_url(request.url)
-        name = self.registry.claim(directory, provisional)
-        return Plan(request, directory, name, request.out is not None, temp_key=f"{request.url}\n{name}")
+        return plan_download(item, self.settings.dest, self.registry)
+
+    async def exists(self, directory: Path, name: str) -> bool:
+        """Whether ``directory / name`` exists (from the listing, unless others write there too)."""
+        if self.settings.shared_dest:
+            return await size_of(directory / name) is not None
+        return await self.index.exists(directory, name)
 
     # --- running ---
     async def run(self, plan: Plan) -> Result:
@@ -126,18 +160,20 @@ class Engine:
             )
             self.progress.finish(None, result)
             return result
-        if not self.settings.overwrite and await self.index.exists(plan.directory, plan.name):
-            result = Result(
-                redact_url(request.url),
-                str(plan.target),
-                Status.SKIPPED,
-                await size_of(plan.target) or 0,
-                0,
-                None,
-                request,
-            )
-            self.progress.finish(None, result)
-            return result
+        if not self.settings.overwrite:
+            done = await self._complete_target(plan)
+            if done is not None:
+                result = Result(
+                    redact_url(request.url),
+                    str(done),
+                    Status.SKIPPED,
+                    await size_of(done) or 0,
+                    0,
+                    None,
+                    request,
+                )
+                self.progress.finish(None, result)
+                return result
         key = self.progress.start(redact_url(request.url), plan.name)
         job = _Job(self, plan, key)
         try:
@@ -147,6 +183,15 @@ class Engine:
             raise
         self.progress.finish(key, result)
         return result
+
+    async def _complete_target(self, plan: Plan) -> Path | None:
+        """The target already on disk for ``plan`` (None: it must be downloaded)."""
+        if self.settings.shared_dest:
+            # A name decided on a worker (Content-Disposition) was recorded when it was committed.
+            recorded = await load_final_name(plan.temp_path)
+            if recorded is not None and await self.exists(plan.directory, recorded):
+                return plan.directory / recorded
+        return plan.target if await self.exists(plan.directory, plan.name) else None
 
 
 class _OneStream(Exception):
@@ -170,7 +215,8 @@ class _Job:
         self.received = 0
         self.target = plan.target
         self.renamed = False
-        self.temp = TempFile(plan.directory / temp_name(plan.name, plan.temp_key))
+        self.temp = TempFile(plan.temp_path)
+        self.server_name: str | None = None  # the Content-Disposition name, when it renamed the file
         self.headers = (*engine.settings.headers, *self.request.headers)
 
     def failed(self, error: str) -> Result:
@@ -218,9 +264,7 @@ class _Job:
 
     async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None, PieceMap | None]:
         """What is on disk: (state, offset to resume at, validator, the pieces of a segmented file)."""
-        if self.attempts == 1 and not await self.engine.index.exists(
-            self.temp.path.parent, self.temp.path.name
-        ):
+        if self.attempts == 1 and not await self.engine.exists(self.temp.path.parent, self.temp.path.name):
             return None, 0, None, None  # no earlier run left a partial file (known without a thread hop)
         state = await self.temp.inspect()
         if state is None or state.size == 0 or state.meta is None:
@@ -396,8 +440,9 @@ class _Job:
                     actual=actual,
                     url=url,
                 )
-        placed = await self.temp.commit(self.target, replace=self.engine.settings.overwrite)
-        if not placed:
+        if self.engine.settings.shared_dest:
+            await self._commit_shared()
+        elif not await self.temp.commit(self.target, replace=self.engine.settings.overwrite):
             raise _Skip()
         return Result(
             redact_url(self.request.url), str(self.target), Status.OK, size, self.attempts, None, self.request
@@ -428,9 +473,39 @@ class _Job:
         if not name or name == self.plan.name:
             return
         registry = self.engine.registry
+        self.server_name = name
         self.target = self.plan.directory / registry.claim(self.plan.directory, name)
+        if self.engine.settings.shared_dest:
+            # Our own earlier file under this name would have been found by its record before the
+            # request (or may be replaced with --overwrite): a file there now is another download's.
+            mine = await load_final_name(self.temp.path) if self.engine.settings.overwrite else None
+            directory = self.plan.directory
+            while self.target.name != mine and await self.engine.exists(directory, self.target.name):
+                self.target = self.plan.directory / registry.claim(self.plan.directory, name)
         self.engine.progress.rename(self.key, self.target.name)
-        if not self.engine.settings.overwrite and await self.engine.index.exists(
+        if not self.engine.settings.overwrite and await self.engine.exists(
             self.target.parent, self.target.name
         ):
             raise _Skip()
+
+    async def _commit_shared(self) -> None:
+        """Commit when other workers write into the same directory (Settings.shared_dest).
+
+        A planned name is this download's alone (the driver's registry): as in a local run, the
+        target is replaced with --overwrite, and found there already means complete (a retried
+        shard whose first worker committed it before dying). A Content-Disposition name may be
+        another worker's: never replaced, and when taken the file moves on to the next suffix.
+        """
+        overwrite = self.engine.settings.overwrite
+        if self.server_name is None:
+            if not await self.temp.commit(self.target, replace=overwrite):
+                raise _Skip()
+            return
+        mine = await load_final_name(self.temp.path) if overwrite else None
+        registry = self.engine.registry
+        while not await self.temp.commit(
+            self.target, replace=self.target.name == mine, keep_on_conflict=True
+        ):
+            self.target = self.plan.directory / registry.claim(self.plan.directory, self.server_name)
+            self.engine.progress.rename(self.key, self.target.name)
+        await save_final_name(self.temp.path, self.target.name)

@@ -97,8 +97,11 @@ def _write_meta(meta_path: Path, text: str) -> None:
         meta_path.write_text(text, encoding="utf-8")
 
 
-def _place(temp: Path, target: Path, *, replace: bool) -> bool:
-    """Move ``temp`` to ``target``; without ``replace``, never clobber: False when target exists."""
+def _place(temp: Path, target: Path, *, replace: bool, keep_on_conflict: bool = False) -> bool:
+    """Move ``temp`` to ``target``; without ``replace``, never clobber: False when target exists.
+
+    On False, ``temp`` is removed unless ``keep_on_conflict`` (the caller then tries another name).
+    """
     if replace:
         os.replace(temp, target)
         return True
@@ -106,14 +109,16 @@ def _place(temp: Path, target: Path, *, replace: bool) -> bool:
         # link() fails when the target exists, so two writers can never replace each other's file.
         os.link(temp, target)
     except FileExistsError:
-        os.unlink(temp)
+        if not keep_on_conflict:
+            os.unlink(temp)
         return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
             raise
         # File systems without hard links: check, then rename (a small window, as in curl/wget).
         if target.exists():
-            os.unlink(temp)
+            if not keep_on_conflict:
+                os.unlink(temp)
             return False
         os.replace(temp, target)
         return True
@@ -121,7 +126,9 @@ def _place(temp: Path, target: Path, *, replace: bool) -> bool:
     return True
 
 
-def _write_whole(temp: Path, data: bytes, target: Path, meta_path: Path | None, replace: bool) -> bool:
+def _write_whole(
+    temp: Path, data: bytes, target: Path, meta_path: Path | None, replace: bool, *, keep_on_conflict: bool
+) -> bool:
     """Write a complete small body and move it into place: the whole life of a small file in one hop."""
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
@@ -134,8 +141,8 @@ def _write_whole(temp: Path, data: bytes, target: Path, meta_path: Path | None, 
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
-    placed = _place(temp, target, replace=replace)
-    if meta_path is not None:
+    placed = _place(temp, target, replace=replace, keep_on_conflict=keep_on_conflict)
+    if meta_path is not None and (placed or not keep_on_conflict):
         meta_path.unlink(missing_ok=True)
     return placed
 
@@ -190,6 +197,54 @@ _a_open_sized = aiofiles.os.wrap(_open_sized)
 _a_pwrite_all = aiofiles.os.wrap(_pwrite_all)
 _a_close_fd = aiofiles.os.wrap(os.close)
 _a_hash_prefix = aiofiles.os.wrap(_hash_prefix)
+
+
+# --- final-name records ---
+# A name decided on a worker of a shared run (Content-Disposition) cannot be checked against the names
+# the other workers decide, so it is written down beside the temporary file's path: a retried shard or
+# a re-run reads it and skips a download that is complete under that name, without asking the server.
+NAME_RECORD_SUFFIX = ".name"
+
+
+def _read_name_record(path: Path) -> str | None:
+    try:
+        name = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name or None
+
+
+def _write_name_record(path: Path, name: str | None) -> None:
+    if name is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(name, encoding="utf-8")
+
+
+_a_read_name_record = aiofiles.os.wrap(_read_name_record)
+_a_write_name_record = aiofiles.os.wrap(_write_name_record)
+
+
+def name_record_path(temp_path: Path) -> Path:
+    """Where the final name of the download whose temporary file is ``temp_path`` is recorded."""
+    return temp_path.with_name(temp_path.name + NAME_RECORD_SUFFIX)
+
+
+async def load_final_name(temp_path: Path) -> str | None:
+    """The final name recorded for ``temp_path``'s download (None: none recorded or unreadable)."""
+    name: str | None = await _a_read_name_record(name_record_path(temp_path))
+    return name
+
+
+async def save_final_name(temp_path: Path, name: str | None) -> None:
+    """Record ``name`` as the final name of ``temp_path``'s download (None removes the record)."""
+    record = name_record_path(temp_path)
+    try:
+        await _a_write_name_record(record, name)
+    except OSError as exc:
+        raise storage_error(exc, "write", record) from exc
+
+
 _a_makedirs = aiofiles.os.wrap(os.makedirs)
 
 
@@ -422,10 +477,11 @@ class TempFile:
         finally:
             await self._close_handle()
 
-    async def commit(self, target: Path, *, replace: bool) -> bool:
+    async def commit(self, target: Path, *, replace: bool, keep_on_conflict: bool = False) -> bool:
         """Move the complete file to ``target`` atomically.
 
-        Returns False (and removes the temporary file) when ``target`` exists and not ``replace``.
+        Returns False when ``target`` exists and not ``replace``; the temporary file is then removed,
+        or, with ``keep_on_conflict``, kept complete so that ``commit`` can be called with another name.
         """
         meta_path = self.meta_path if self._meta_on_disk else None
         try:
@@ -433,10 +489,19 @@ class TempFile:
                 data = b"".join(self._buffer)
                 self._buffer.clear()
                 self._buffered = 0
-                return bool(await _a_write_whole(self.path, data, target, meta_path, replace))
+                placed = bool(
+                    await _a_write_whole(
+                        self.path, data, target, meta_path, replace, keep_on_conflict=keep_on_conflict
+                    )
+                )
+                if not placed and keep_on_conflict:
+                    self._offset = len(data)  # on disk now: a second commit moves the file as it is
+                return placed
             await self.close()
-            placed = bool(await _a_place(self.path, target, replace=replace))
-            if meta_path is not None:
+            placed = bool(
+                await _a_place(self.path, target, replace=replace, keep_on_conflict=keep_on_conflict)
+            )
+            if meta_path is not None and (placed or not keep_on_conflict):
                 await _a_discard(self.path, meta_path)
             return placed
         except OSError as exc:

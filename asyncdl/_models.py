@@ -128,6 +128,9 @@ class Result:
     attempts: int = 0
     error: str | None = None
     request: Request | None = field(default=None, repr=False, compare=False)
+    # Where a Ray run did the download: the worker's number and the shard's (None in a local run).
+    worker: int | None = None
+    shard: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,8 +138,11 @@ class Result:
         return self.status is not Status.FAILED
 
     def to_record(self) -> dict[str, object]:
-        """The report's JSON object (secrets already redacted in ``url`` and ``error``)."""
-        return {
+        """The report's JSON object (secrets already redacted in ``url`` and ``error``).
+
+        A Ray run's records also say which ``worker`` and ``shard`` did the download.
+        """
+        record: dict[str, object] = {
             "url": self.url,
             "path": self.path,
             "status": self.status.value,
@@ -144,3 +150,7 @@ class Result:
             "attempts": self.attempts,
             "error": self.error,
         }
+        if self.worker is not None:
+            record["worker"] = self.worker
+            record["shard"] = self.shard
+        return record

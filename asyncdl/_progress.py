@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -79,6 +79,9 @@ class Progress:
         self._next_key = 0
         self._samples: list[tuple[float, int]] = [(self.started, 0)]
         self._listeners: list[Callable[[Result], None]] = []
+        # Work done in other processes (the workers of a Ray run), mirrored by mirror().
+        self._remote_bytes: dict[Hashable, int] = {}
+        self._remote_active: dict[Hashable, tuple[ActiveDownload, ...]] = {}
 
     # --- updates (hot path: no awaits, no allocation beyond the entry) ---
     def start(self, url: str, name: str) -> int:
@@ -134,6 +137,22 @@ class Progress:
         """Call ``listener(result)`` as each download ends."""
         self._listeners.append(listener)
 
+    def mirror(
+        self, source: Hashable, *, bytes_done: int, active: Sequence[ActiveDownload] | None = None
+    ) -> None:
+        """Take in the counters of a downloader in another process (a Ray worker).
+
+        ``source`` names one process: ``bytes_done`` is its running total (a restarted worker is a
+        new source, so nothing is counted twice); ``active`` replaces its active downloads (None:
+        unchanged). Finished downloads are counted by :meth:`finish` as usual.
+        """
+        previous = self._remote_bytes.get(source, 0)
+        if bytes_done > previous:
+            self.bytes_done += bytes_done - previous
+            self._remote_bytes[source] = bytes_done
+        if active is not None:
+            self._remote_active[source] = tuple(active)
+
     def _forget_total(self, entry: ActiveDownload) -> None:
         if entry.total is None:
             self._unknown_totals -= 1
@@ -156,7 +175,10 @@ class Progress:
             ok=self.ok,
             skipped=self.skipped,
             failed=self.failed,
-            active=tuple(ActiveDownload(e.key, e.url, e.name, e.done, e.total) for e in self.active.values()),
+            active=(
+                *(ActiveDownload(e.key, e.url, e.name, e.done, e.total) for e in self.active.values()),
+                *(e for entries in self._remote_active.values() for e in entries),
+            ),
             expected_files=self.expected_files,
         )
 

@@ -1,0 +1,440 @@
+"""Scale-out on a Ray cluster: long-lived download actors, fed shard by shard from this process.
+
+The only module that imports ray, and only when a run asks for it (``Downloader(ray=...)``,
+``--ray``): without the extra installed that is a UsageError that says how to install it.
+
+How a run goes::
+
+    requests (read lazily) -> plan names here, in input order -> shards of shard_size plans
+      -> at most IN_FLIGHT_PER_WORKER shards per worker at once (back-pressure: the input is
+         read only as fast as the workers finish shards)
+      -> DownloadWorker.run_shard (an async actor: one Downloader, one session, one -j pool,
+         reused shard after shard) -> one compact record per download
+      -> Results here, with ``worker`` and ``shard``; one Progress for the whole run
+
+Names known before the request (``out=``, the URL's last segment) are decided here with the run's
+NameRegistry, exactly as a local run decides them, so they are distinct across workers without any
+lock on the workers' side. Names decided on a worker (Content-Disposition) use the downloader's
+shared-destination mode: a commit that finds the name taken takes the next suffix, and the final
+name is recorded beside the temporary file (see ``Settings.shared_dest``).
+
+Faults: a shard whose worker died (process killed, node lost) is handed out again, to the restarted
+actor or another one; the plans are the same, so the same temporary files are resumed and complete
+targets skipped, and every download is reported exactly once (records come back per shard, and a
+failed shard returns none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._download import Plan, Settings, plan_download
+from ._exceptions import AsyncdlError, StorageError, UsageError
+from ._models import BadEntry, Request, Result, Status
+from ._naming import NameRegistry
+from ._pool import bounded_map
+from ._progress import ActiveDownload, Progress
+
+INSTALL_HINT = "pip install 'asyncdl[ray]'"
+DEFAULT_SHARD_SIZE = 1000
+# Two shards per worker: while one drains its last slow downloads the next already fills the -j pool,
+# so a worker never idles between shards; more would only hold plans in memory.
+IN_FLIGHT_PER_WORKER = 2
+# A restarted actor takes the shards of its dead predecessor; a shard that killed its worker this
+# many times fails instead of taking the cluster down with it.
+WORKER_MAX_RESTARTS = 4
+MAX_SHARD_TRIES = 3
+# Live view: how often the driver asks the workers for their bytes and active downloads.
+POLL_INTERVAL_S = 1.0
+ACTIVE_SHOWN_PER_WORKER = 12
+# On Ctrl-C, how long the workers get to close their temporary files before they are killed.
+CANCEL_GRACE_S = 3.0
+
+
+def import_ray() -> Any:
+    """The ray module, or a UsageError that says how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise UsageError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs to build its downloader (shipped once, when the actor starts)."""
+
+    cwd: str  # the driver's working directory: a relative dest means the same on every node
+    dest: str
+    jobs: int
+    connections: int
+    timeout: float | None
+    limit_rate: int | None  # this worker's share of the run's cap
+    settings: Settings
+
+
+# Record: (url, path, status, bytes, attempts, error): what the report needs, nothing more.
+Record = tuple[str, str | None, str, int, int, str | None]
+ActiveRecord = tuple[str, str, int, int | None]
+
+
+class DownloadWorker:
+    """A Ray actor: one downloader (session, -j pool, rate share) reused for every shard it gets.
+
+    Made into an actor with ``ray.remote(DownloadWorker)``; its methods are coroutines, so Ray runs
+    it as an async actor and several shards share one event loop and one connection pool.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from ._api import Downloader
+
+        with contextlib.suppress(OSError):  # a node without that directory: dest must be absolute
+            os.chdir(config.cwd)
+        self.config = config
+        self.progress = Progress()
+        self.downloader = Downloader(
+            config.dest,
+            jobs=config.jobs,
+            connections=config.connections,
+            timeout=config.timeout,
+            limit_rate=config.limit_rate,
+            progress=self.progress,
+            retry_policy=config.settings.retry,
+            overwrite=config.settings.overwrite,
+            headers=config.settings.headers,
+        )
+        # Other workers write into the same directory (see Settings.shared_dest).
+        self.downloader.settings = dataclasses.replace(config.settings, shared_dest=True)
+        self.incarnation = f"{os.getpid()}-{id(self)}"
+
+    async def run_shard(self, plans: list[Plan]) -> tuple[list[Record], str, int]:
+        """Download every plan; the records in plan order, and this worker's cumulative bytes."""
+        try:
+            await self.downloader.open()  # once: the session lives as long as the actor
+        except StorageError as exc:
+            # This node cannot write the output directory: its downloads fail, saying where.
+            error = f"{exc} (on Ray node {socket.gethostname()})"
+            return [(record_url(p), None, Status.FAILED.value, 0, 0, error) for p in plans], "", 0
+        records: list[Record | None] = [None] * len(plans)
+
+        async def run(item: tuple[int, Plan]) -> None:
+            index, plan = item
+            result = await self.downloader._run_plan(plan)
+            records[index] = (
+                result.url,
+                result.path,
+                result.status.value,
+                result.bytes,
+                result.attempts,
+                result.error,
+            )
+
+        # The downloader's -j slots are shared by every shard this worker runs at once.
+        async with contextlib.aclosing(
+            bounded_map(enumerate(plans), _identity, run, workers=self.config.jobs)
+        ) as done:
+            async for _ in done:
+                pass
+        return [r for r in records if r is not None], self.incarnation, self.progress.bytes_done
+
+    async def stats(self) -> tuple[str, int, list[ActiveRecord]]:
+        """For the live view: who am I, bytes received so far, some active downloads."""
+        active = sorted(self.progress.active.values(), key=lambda e: e.key)[:ACTIVE_SHOWN_PER_WORKER]
+        return (
+            self.incarnation,
+            self.progress.bytes_done,
+            [(e.url, e.name, e.done, e.total) for e in active],
+        )
+
+    async def pid(self) -> int:
+        """The worker's process id (tests kill it)."""
+        return os.getpid()
+
+    async def close(self) -> None:
+        await self.downloader.aclose()
+
+
+def _identity(item: tuple[int, Plan]) -> tuple[int, Plan]:
+    return item
+
+
+@dataclass
+class _Shard:
+    number: int
+    plans: list[Plan]
+    tries: int = 0
+
+
+class RayCluster:
+    """The driver side of a Ray run: starts or joins Ray, owns the workers, hands out the shards.
+
+    ``address`` is ``"local"`` (start Ray on this machine for the run), ``"auto"`` (the running
+    cluster) or ``"ray://HOST:PORT"``. ``workers`` None means one worker per alive node.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        workers: int | None,
+        shard_size: int,
+        config: WorkerConfig,
+        progress: Progress,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise UsageError("workers must be at least 1")
+        if shard_size < 1:
+            raise UsageError("shard_size must be at least 1")
+        if not (address in ("local", "auto") or address.startswith("ray://")):
+            raise UsageError(f"--ray takes 'auto', 'local' or 'ray://HOST:PORT', not {address!r}")
+        self.ray = import_ray()
+        self.address = address
+        self.workers = workers
+        self.shard_size = shard_size
+        self.config = config
+        self.progress = progress
+        self._actors: list[Any] = []
+        self._started_ray = False
+        self._dead: set[int] = set()
+        self.worker_config = config  # what each worker got (its share of the rate cap)
+        # The actor's class: benchmarks put a dry-run worker here to measure the driver alone.
+        self.worker_class: type[DownloadWorker] = DownloadWorker
+
+    async def open(self) -> None:
+        """Connect to (or start) Ray and start the workers."""
+        if self._actors:
+            return
+        ray = self.ray
+        if not ray.is_initialized():
+            # ray.init blocks for seconds (it may start a whole local cluster): not in the event loop.
+            await asyncio.to_thread(self._init)
+        workers = self.workers or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+        worker_class = self.worker_class
+        config = self.config
+        if config.limit_rate is not None:
+            # The cap is for the whole run: each worker gets an equal share.
+            config = dataclasses.replace(config, limit_rate=max(1, config.limit_rate // workers))
+        actor_class = ray.remote(worker_class).options(
+            max_restarts=WORKER_MAX_RESTARTS,
+            max_task_retries=0,  # the driver re-submits a dead worker's shards itself
+            max_concurrency=IN_FLIGHT_PER_WORKER + 8,  # shards plus stats and pid calls
+            # Downloads are I/O: spread the workers over the nodes rather than pack them.
+            scheduling_strategy="SPREAD",
+        )
+        self.worker_config = config
+        self._actors = [actor_class.remote(config) for _ in range(workers)]
+
+    def _init(self) -> None:
+        ray = self.ray
+        if self.address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self._started_ray = True
+        else:
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            self._started_ray = True  # we connected: we disconnect (a running cluster stays up)
+
+    @property
+    def actors(self) -> list[Any]:
+        """The worker actor handles (for tests and tools)."""
+        return list(self._actors)
+
+    async def aclose(self) -> None:
+        """Stop the workers; shut Ray down when this run started or connected it. Safe to call twice."""
+        actors, self._actors = self._actors, []
+        if actors:
+            closing = [a.close.remote() for a in actors]
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CANCEL_GRACE_S)
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor, no_restart=True)
+        if self._started_ray:
+            self._started_ray = False
+            await asyncio.to_thread(self.ray.shutdown)
+
+    # --- the driver loop ---------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        requests: Iterable[str | Request | BadEntry] | AsyncIterable[str | Request | BadEntry],
+    ) -> AsyncGenerator[Result, None]:
+        """Run every request on the workers; yield results shard by shard as they come back."""
+        if not self._actors:
+            raise RuntimeError("use 'async with Downloader(..., ray=...)' before downloading")
+        dest = Path(self.config.dest)
+        registry = NameRegistry()  # the run's names, decided here in input order
+        items = _aiter(requests)
+        exhausted = False
+        numbers = iter(range(1 << 62))
+        load = [0] * len(self._actors)
+        pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]] = {}
+        again: deque[_Shard] = deque()
+        last_death = ""
+        poller = asyncio.ensure_future(self._poll())
+        try:
+            while True:
+                while True:
+                    worker = self._free_worker(load)
+                    if worker is None:
+                        break
+                    if again:
+                        shard = again.popleft()
+                    elif not exhausted:
+                        plans = await _cut(items, self.shard_size, dest, registry)
+                        if not plans:
+                            exhausted = True
+                            continue
+                        shard = _Shard(next(numbers), plans)
+                    else:
+                        break
+                    ref = self._actors[worker].run_shard.remote(shard.plans)
+                    pending[asyncio.ensure_future(_await_ref(ref))] = (shard, worker, ref)
+                    load[worker] += 1
+                if not pending:
+                    if again:  # every worker is dead
+                        raise AsyncdlError(f"every Ray worker died; the run cannot go on ({last_death})")
+                    return
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    shard, worker, _ref = pending.pop(future)
+                    load[worker] -= 1
+                    try:
+                        records, incarnation, bytes_done = future.result()
+                    except self.ray.exceptions.RayActorError as exc:
+                        last_death = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        self._on_worker_error(worker, exc)
+                        shard.tries += 1
+                        if shard.tries < MAX_SHARD_TRIES:
+                            again.append(shard)
+                            continue
+                        for result in self._give_up(shard, worker, exc):
+                            self.progress.finish(None, result)
+                            yield result
+                        continue
+                    self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=None)
+                    for plan, record in zip(shard.plans, records, strict=True):
+                        result = _result(plan, record, worker, shard.number)
+                        self.progress.finish(None, result)
+                        yield result
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            if pending:
+                await self._cancel(pending)
+            if hasattr(items, "aclose"):
+                await items.aclose()
+
+    def _free_worker(self, load: list[int]) -> int | None:
+        best: int | None = None
+        for worker, n in enumerate(load):
+            if worker in self._dead or n >= IN_FLIGHT_PER_WORKER:
+                continue
+            if best is None or n < load[best]:
+                best = worker
+        return best
+
+    def _on_worker_error(self, worker: int, exc: BaseException) -> None:
+        # ActorUnavailableError: the actor died and Ray restarts it (new calls wait for it).
+        # ActorDiedError: its restarts are used up; it is gone for good, the others take its shards.
+        if isinstance(exc, self.ray.exceptions.ActorDiedError):
+            self._dead.add(worker)
+
+    def _give_up(self, shard: _Shard, worker: int, exc: BaseException) -> list[Result]:
+        error = f"a Ray worker died {shard.tries} times while running this download's shard: {exc}"
+        return [
+            Result(
+                url=record_url(plan),
+                path=str(plan.target) if plan.request is not None and not plan.failure else None,
+                status=Status.FAILED,
+                error=error.splitlines()[0],
+                request=plan.request,
+                worker=worker,
+                shard=shard.number,
+            )
+            for plan in shard.plans
+        ]
+
+    async def _cancel(self, pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]]) -> None:
+        """Cancel the shards under way and give the workers a moment to keep their temp files."""
+        for future, (_shard, _worker, ref) in pending.items():
+            with contextlib.suppress(Exception):
+                self.ray.cancel(ref)
+            future.cancel()
+        await asyncio.wait(list(pending), timeout=CANCEL_GRACE_S)
+        pending.clear()
+
+    async def _poll(self) -> None:
+        """Mirror the workers' bytes and active downloads into the run's Progress, now and then."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            refs = [(worker, actor.stats.remote()) for worker, actor in enumerate(self._actors)]
+            for worker, ref in refs:
+                try:
+                    incarnation, bytes_done, active = await asyncio.wait_for(_await_ref(ref), POLL_INTERVAL_S)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: S112 - a dead or busy worker: its shard's result will say
+                    continue
+                entries = [ActiveDownload(-1, url, name, done, total) for url, name, done, total in active]
+                self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=entries)
+
+
+async def _await_ref(ref: Any) -> Any:
+    return await ref
+
+
+def _aiter(
+    items: Iterable[str | Request | BadEntry] | AsyncIterable[str | Request | BadEntry],
+) -> AsyncIterator[str | Request | BadEntry]:
+    if isinstance(items, AsyncIterable):
+        return aiter(items)
+
+    async def from_sync() -> AsyncIterator[str | Request | BadEntry]:
+        for item in items:
+            yield item
+
+    return from_sync()
+
+
+async def _cut(
+    items: AsyncIterator[str | Request | BadEntry], size: int, dest: Path, registry: NameRegistry
+) -> list[Plan]:
+    """The next shard: up to ``size`` items, planned in input order (names decided here)."""
+    plans: list[Plan] = []
+    async for item in items:
+        request = item if isinstance(item, BadEntry) else Request.coerce(item)
+        plans.append(plan_download(request, dest, registry))
+        if len(plans) >= size:
+            break
+    return plans
+
+
+def record_url(plan: Plan) -> str:
+    from ._urls import redact_url
+
+    return redact_url(plan.request.url) if plan.request is not None else plan.shown_url
+
+
+def _result(plan: Plan, record: Sequence[Any], worker: int, shard: int) -> Result:
+    url, path, status, size, attempts, error = record
+    return Result(
+        url=url,
+        path=path,
+        status=Status(status),
+        bytes=size,
+        attempts=attempts,
+        error=error,
+        request=plan.request,  # the caller's own object, not the worker's copy
+        worker=worker,
+        shard=shard,
+    )
