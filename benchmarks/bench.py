@@ -726,6 +726,7 @@ class Run:
     sys_s: float | None
     peak_rss_kib: int | None
     elapsed_s: float
+    load_1m: float  # the 1-minute load average just before the run: others' work on a shared machine
 
 
 @dataclass
@@ -951,6 +952,7 @@ def benchmark_workload(
             cmd = tool_command(tool, dataset, out_dir, setup)
             result.commands.setdefault(tool, cmd)
             os.sync()
+            load_1m = os.getloadavg()[0]
             measured = run_timed(cmd, timeout_s=timeout_s, cwd=scratch, env=env, scratch=scratch)
             error = None
             if measured.exit_code is None:
@@ -973,6 +975,7 @@ def benchmark_workload(
                 sys_s=measured.sys_s,
                 peak_rss_kib=measured.peak_rss_kib,
                 elapsed_s=round(measured.elapsed_s, 3),
+                load_1m=round(load_1m, 2),
             )
             result.runs.append(run)
             status = f"{run.wall_s:.2f} s" if run.ok else f"FAILED ({error})"
@@ -1131,6 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["interrupted"] = True
         print("\ninterrupted: cleaned up; the results so far follow", file=sys.stderr)
     meta["duration_s"] = round(time.perf_counter() - started, 1)
+    meta["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print_report(results, meta, skip_notes)
     write_json(results, meta, args.json)
     print(f"\nresults written to {args.json}")
@@ -1139,9 +1143,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_report(results: list[WorkloadResult], meta: dict[str, Any], skip_notes: list[str]) -> None:
     load = ", ".join(str(x) for x in meta["load_average_at_start"])
+    end_load = ", ".join(str(x) for x in meta["load_average_at_end"])
     print("\n## asyncdl benchmark" + (" (--quick)" if meta.get("quick") else ""))
     print()
-    print(f"{meta['date']}, {meta['cpus']} CPUs, Linux {meta['kernel']}, load average at start {load}.")
+    print(
+        f"{meta['date']}, {meta['cpus']} CPUs, Linux {meta['kernel']}; "
+        f"load average {load} at the start, {end_load} at the end."
+    )
     print(f"Server: {meta.get('nginx', 'nginx')} on 127.0.0.1. Total time {meta['duration_s']:.0f} s.")
     for tool, version in meta.get("tools", {}).items():
         print(f"- {tool}: {version}")
