@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import io
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -576,13 +578,44 @@ def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -
     raise ValueError(f"unknown tool {tool!r}")
 
 
-def snapshot_package(dest: Path) -> Path:
-    """Copy this checkout's asyncdl/ under `dest` and return `dest`, the directory to import it from.
+def snapshot_package(dest: Path, rev: str | None = None) -> tuple[Path, str]:
+    """Copy asyncdl/ from this checkout's working tree, or from its commit `rev`, under `dest`.
 
-    Every run of one benchmark then measures the same code, even while the checkout is being edited.
+    Return `dest`, the directory to import asyncdl from, and a description of the code. Every run of one
+    benchmark then measures the same code, even while the checkout is being edited.
     """
-    shutil.copytree(REPO_ROOT / "asyncdl", dest / "asyncdl", ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
+    if rev is None:
+        description = f"{git_revision()}; working tree copied at the start"
+        shutil.copytree(REPO_ROOT / "asyncdl", dest / "asyncdl", ignore=shutil.ignore_patterns("__pycache__"))
+        return dest, description
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", rev, "asyncdl"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.10.12+: refuse odd members (our own repository anyway)
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
+    return dest, f"git {resolve_commit(rev)} (--asyncdl-rev {rev})"
+
+
+def resolve_commit(rev: str) -> str | None:
+    """The short hash of commit `rev` in this checkout, or None when there is no such commit."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "--verify", "--quiet", f"{rev}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() or None
 
 
 def tool_environment(home: Path, package_root: Path) -> dict[str, str]:
@@ -674,6 +707,32 @@ def check_asyncdl(python: str, env: dict[str, str], cwd: Path) -> str | None:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return lines[-1] if lines else f"exit status {done.returncode}"
     return None
+
+
+def smoke_test_asyncdl(setup: ToolSetup, env: dict[str, str], scratch: Path, base_url: str) -> str | None:
+    """None when asyncdl downloads one tiny file correctly, else what went wrong (the end of its output)."""
+    out_dir = scratch / "smoke"
+    cmd = [setup.python, "-m", "asyncdl", f"{base_url}/tiny/smoke/ok", "-d", str(out_dir), "-q"]
+    try:
+        done = subprocess.run(
+            [*cmd, *setup.asyncdl_args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=scratch,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "no answer within 60 s"
+    try:
+        if done.returncode != 0:
+            return f"exit status {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]!r}"
+        if not (out_dir / "ok").is_file() or (out_dir / "ok").read_bytes() != TINY_BODY:
+            return "exit status 0, but the file is missing or wrong"
+        return None
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def tool_version(tool: str, python: str, env: dict[str, str], cwd: Path) -> str:
@@ -850,6 +909,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tools", help=f"tools, comma-separated (default: all of {','.join(ALL_TOOLS)})")
     parser.add_argument("--asyncdl-args", default="", help="extra arguments for asyncdl, as one string")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs asyncdl")
+    parser.add_argument(
+        "--asyncdl-rev",
+        metavar="REV",
+        help="benchmark asyncdl as committed at REV (default: the working tree)",
+    )
     parser.add_argument("--fs", choices=("ext4", "tmpfs", "dir"), default="ext4", help="output for a-e10k")
     parser.add_argument("--fs-1m", choices=("ext4", "tmpfs", "dir"), default="tmpfs", help="output for e1m")
     parser.add_argument(
@@ -878,6 +942,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown tool(s): {', '.join(sorted(unknown))}; known: {', '.join(ALL_TOOLS)}")
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.asyncdl_rev and resolve_commit(args.asyncdl_rev) is None:
+        parser.error(f"--asyncdl-rev: no commit {args.asyncdl_rev!r} in {REPO_ROOT}")
     return args
 
 
@@ -1031,11 +1097,9 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     home, scratch, www = work / "home", work / "scratch", work / "www"
     for directory in (home, scratch, www):
         directory.mkdir()
-    revision = git_revision()
-    env = tool_environment(home, snapshot_package(work / "src"))
+    package_root, code = snapshot_package(work / "src", args.asyncdl_rev)
+    env = tool_environment(home, package_root)
     tools, skip_notes = available_tools(args, env, scratch)
-    for note in skip_notes:
-        print(note, file=sys.stderr)
 
     areas: dict[str, OutputArea] = {}
     for role, kind in (("disk", args.fs), ("ram", args.fs_1m)):
@@ -1050,10 +1114,18 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     nginx = Nginx(find_nginx() or "nginx", prefix=work / "nginx", www=www, workers=args.nginx_workers)
     cleanup.callback(nginx.stop)
     nginx.start()
+    setup = ToolSetup(args.python, tuple(shlex.split(args.asyncdl_args)))
+    if "asyncdl" in tools:
+        problem = smoke_test_asyncdl(setup, env, scratch, nginx.base_url)
+        if problem:
+            tools.remove("asyncdl")
+            skip_notes.append(f"asyncdl skipped: it failed to download one small file: {problem}")
+    for note in skip_notes:
+        print(note, file=sys.stderr)
     meta["nginx"] = f"{nginx.version()}, {args.nginx_workers} worker(s)"
     meta["tools"] = {tool: tool_version(tool, args.python, env, scratch) for tool in tools}
     if "asyncdl" in meta["tools"]:
-        meta["tools"]["asyncdl"] += f" ({revision}; copied from the checkout at the start)"
+        meta["tools"]["asyncdl"] += f" ({code})"
     meta["skipped"] = skip_notes
 
     started = time.perf_counter()
@@ -1065,7 +1137,6 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
         datasets.append(dataset)
     os.sync()  # so that the first timed runs do not pay for writing back the sources
     print(f"generated the data in {time.perf_counter() - started:.1f} s under {work}", flush=True)
-    setup = ToolSetup(args.python, tuple(shlex.split(args.asyncdl_args)))
     return Session(args, work, env, scratch, tools, skip_notes, areas, datasets, setup)
 
 

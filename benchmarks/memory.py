@@ -32,9 +32,9 @@ from bench import (
     area_sizes,
     check_asyncdl,
     find_nginx,
-    git_revision,
     interrupt_on_sigterm,
     preflight,
+    resolve_commit,
     run_timed,
     snapshot_package,
     tool_command,
@@ -59,10 +59,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--urls", type=int, default=100_000, help="length of the URL list (default 100,000)")
     parser.add_argument("--asyncdl-args", default="", help="extra arguments for asyncdl, as one string")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs asyncdl")
+    parser.add_argument(
+        "--asyncdl-rev", metavar="REV", help="measure asyncdl as committed at REV (default: the working tree)"
+    )
     parser.add_argument("--fs", choices=("ext4", "tmpfs", "dir"), default="ext4", help="output file system")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds before a run is killed")
     parser.add_argument("--keep", action="store_true", help="leave the temporary directory for inspection")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.asyncdl_rev and resolve_commit(args.asyncdl_rev) is None:
+        parser.error(f"--asyncdl-rev: no commit {args.asyncdl_rev!r} in this checkout")
+    return args
 
 
 def measure(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> bool:
@@ -86,8 +92,8 @@ def measure(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> bool:
     home, scratch, www = work / "home", work / "scratch", work / "www"
     for directory in (home, scratch, www):
         directory.mkdir()
-    revision = git_revision()
-    env = tool_environment(home, snapshot_package(work / "src"))
+    package_root, code = snapshot_package(work / "src", args.asyncdl_rev)
+    env = tool_environment(home, package_root)
     problem = check_asyncdl(args.python, env, scratch)
     if problem:
         raise AsyncdlUnavailable(problem)
@@ -103,7 +109,7 @@ def measure(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> bool:
 
     setup = ToolSetup(args.python, tuple(shlex.split(args.asyncdl_args)))
     version = tool_version("asyncdl", args.python, env, scratch)
-    print(f"asyncdl {version} ({revision}); output on {area.kind}")
+    print(f"asyncdl {version} ({code}); output on {area.kind}")
     all_met = True
     for workload, target_mib in workloads:
         dataset = Dataset(
