@@ -19,6 +19,7 @@ from ._pool import bounded_map
 from ._progress import Progress
 from ._ratelimit import RateLimiter, parse_rate
 from ._ray import DEFAULT_SHARD_SIZE, RayCluster, WorkerConfig
+from ._report import ReportWriter
 from ._retry import RetryPolicy
 
 RequestLike = str | Request
@@ -51,6 +52,7 @@ class Downloader:
     ``"10M"``), ``headers`` (sent with every request), ``overwrite``. ``progress`` is the
     :class:`Progress` to update (one is made when not given); read it with ``dl.progress.snapshot()``.
     ``retry_policy`` replaces the default backoff (it then also decides the number of retries).
+    ``report`` names a JSON Lines file that gets one object per download (as --report).
 
     Scale-out: ``ray="local"`` (start Ray here), ``"auto"`` (the running cluster) or
     ``"ray://HOST:PORT"`` runs the downloads on ``workers`` Ray actors (default: one per node),
@@ -75,6 +77,7 @@ class Downloader:
         ray: str | None = None,
         workers: int | None = None,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        report: str | Path | None = None,
     ) -> None:
         if jobs < 1:
             raise UsageError("jobs must be at least 1")
@@ -100,6 +103,8 @@ class Downloader:
         self._limiter = RateLimiter(rate) if rate else None
         self._engine: Engine | None = None
         self._slots = asyncio.Semaphore(jobs)
+        self._report_path = report
+        self._report: ReportWriter | None = None
         self._cluster: RayCluster | None = None
         if ray is not None:
             config = WorkerConfig(
@@ -127,10 +132,21 @@ class Downloader:
     ) -> None:
         await self.aclose()
 
+    def open_report(self) -> None:
+        """Open the report file now (``open()`` does it too); UsageError when it cannot be written."""
+        if self._report_path is not None and self._report is None:
+            self._report = ReportWriter(self._report_path)
+
+    def _record(self, result: Result) -> Result:
+        if self._report is not None:
+            self._report.write(result)
+        return result
+
     async def open(self) -> None:
         """Create the destination and the session (``async with`` does this for you)."""
         if self._engine is not None:
             return
+        self.open_report()
         await ensure_dir(self.dest)
         if self._cluster is not None:
             await self._cluster.open()  # the workers own the sessions
@@ -141,10 +157,13 @@ class Downloader:
     async def aclose(self) -> None:
         """Close the connection pool. Safe to call twice."""
         engine, self._engine = self._engine, None
+        report, self._report = self._report, None
         try:
             if engine is not None:
                 await engine.session.close()
         finally:
+            if report is not None:
+                report.close()
             if self._cluster is not None:
                 await self._cluster.aclose()
 
@@ -180,10 +199,10 @@ class Downloader:
         if self._cluster is not None:
             async with contextlib.aclosing(self._cluster.stream([request])) as results:
                 async for result in results:
-                    return result
+                    return self._record(result)
             raise AssertionError("a Ray run of one request gave no result")
         engine = self._require_engine()
-        return await self._run_plan(engine.plan(request))
+        return self._record(await self._run_plan(engine.plan(request)))
 
     async def _run_plan(self, plan: Plan) -> Result:
         """Run one download planned elsewhere (a Ray worker runs the driver's plans this way)."""
@@ -202,7 +221,7 @@ class Downloader:
         if self._cluster is not None:
             async with contextlib.aclosing(self._cluster.stream(requests)) as cluster_results:
                 async for result in cluster_results:
-                    yield result
+                    yield self._record(result)
             return
         engine = self._require_engine()
 
@@ -213,7 +232,7 @@ class Downloader:
             bounded_map(requests, prepare, engine.run, workers=self.jobs)
         ) as results:
             async for result in results:
-                yield result
+                yield self._record(result)
 
 
 async def download_many(

@@ -253,10 +253,7 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
         raise UsageError(f"cannot create output directory {dest}: {exc.strerror or exc}") from exc
     if not os.access(dest, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to output directory {dest}: permission denied")
-    report = ReportWriter(args.report) if args.report else None
     progress = Progress()
-    renderer = _renderer(args.quiet, progress, stderr)
-    failed = 0
     # Made before the display starts: a usage error (--ray without Ray) is then one line, no summary.
     downloader = Downloader(
         dest,
@@ -268,12 +265,32 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
         headers=args.header,
         overwrite=args.overwrite,
         progress=progress,
+        report=args.report,
         **_ray_options(args),
     )
-    drawing = asyncio.ensure_future(renderer.run())
-    try:
+    downloader.open_report()  # an unwritable report is a usage error before anything starts
+
+    async def results() -> AsyncIterator[Result]:
         async with downloader as dl:
             async for result in dl.stream(_requests(sources, stdin)):
+                yield result
+
+    return await present(results(), _renderer(args.quiet, progress, stderr), progress)
+
+
+async def present(
+    results: AsyncIterator[Result],
+    renderer: Renderer,
+    progress: Progress,
+    *,
+    report: ReportWriter | None = None,
+) -> int:
+    """Draw the run while ``results`` arrive: a line per failure, the summary at the end; the exit code."""
+    failed = 0
+    drawing = asyncio.ensure_future(renderer.run())
+    try:
+        async with contextlib.aclosing(results) as arriving:  # type: ignore[type-var]
+            async for result in arriving:
                 if report is not None:
                     report.write(result)
                 if result.status is Status.FAILED:

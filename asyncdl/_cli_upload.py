@@ -10,28 +10,23 @@ missing or unreadable FILE for a single upload; in a batch an unreadable file is
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from ._cli import (
-    EXIT_FAILED,
-    EXIT_OK,
-    _failure_line,
     _header,
     _non_negative_int,
     _Parser,
     _positive_int,
     _renderer,
     _seconds,
+    present,
 )
 from ._exceptions import StorageError, UsageError
 from ._files import probe_upload
-from ._models import Status
-from ._progress import Progress, summary_line
+from ._progress import Progress
 from ._report import ReportWriter
 from ._upload import (
     DEFAULT_UPLOAD_JOBS,
@@ -166,25 +161,5 @@ async def _upload(args: argparse.Namespace, plan: _Plan, settings: UploadSetting
     progress = Progress()
     if plan.single is not None:
         progress.expected_files = 1
-    renderer = _renderer(args.quiet, progress, stderr)
-    failed = 0
-    drawing = asyncio.ensure_future(renderer.run())
-    try:
-        async with contextlib.aclosing(
-            stream_uploads(items, settings, jobs=args.jobs, progress=progress)
-        ) as results:
-            async for result in results:
-                if report is not None:
-                    report.write(result)
-                if result.status is Status.FAILED:
-                    failed += 1
-                    renderer.message(_failure_line(result))
-    finally:
-        drawing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drawing
-        renderer.close()
-        if report is not None:
-            report.close()
-        renderer.message(summary_line(progress.snapshot()))
-    return EXIT_FAILED if failed else EXIT_OK
+    results = stream_uploads(items, settings, jobs=args.jobs, progress=progress)
+    return await present(results, _renderer(args.quiet, progress, stderr), progress, report=report)

@@ -157,3 +157,12 @@ async def test_an_output_directory_that_cannot_be_made_is_a_usage_error(tmp_path
     assert code == 2
     assert "cannot create output directory" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+async def test_unwritable_report_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, stderr = await run_cli(
+        "http://127.0.0.1:1/x", "-d", str(tmp_path), "--report", str(tmp_path / "no-such-dir" / "r.jsonl")
+    )
+    assert code == 2
+    assert "cannot write report" in stderr
+    assert len(stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,3 +276,14 @@ async def test_limit_rate_caps_the_overall_rate(file_server: FileServer, tmp_pat
     assert all(r.status is Status.OK for r in results)
     # 1.2 MiB at 2 MiB/s cannot take less than 0.6 s, less the 0.1 s burst allowed after idling.
     assert elapsed >= 0.5
+
+
+async def test_report_option_of_the_library(file_server: FileServer, tmp_path: Path) -> None:
+    file_server.add("/a", b"a")
+    report = tmp_path / "report.jsonl"
+    async with Downloader(tmp_path / "out", report=report) as dl:
+        one = await dl.download(file_server.url("/a"))
+        streamed = [r async for r in dl.stream([file_server.url("/missing")])]
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r["status"] for r in records] == [one.status.value, streamed[0].status.value] == ["ok", "failed"]
+    assert records[0] == one.to_record()
