@@ -3,7 +3,8 @@
 Run it as root (it mounts a file system for the downloads), with a Python that can import the asyncdl
 dependencies (aiohttp, aiofiles, rich); the asyncdl package itself is taken from this checkout:
 
-    python benchmarks/bench.py                      # full run, about 15 minutes
+    python benchmarks/bench.py                      # full run, 15-20 minutes
+    python benchmarks/bench.py --asyncdl-rev HEAD   # the committed asyncdl, not the working tree
     python benchmarks/bench.py --quick              # smaller sizes, one round: a smoke test under a minute
     python benchmarks/bench.py --only b,e10k --runs 3 --tools asyncdl,curl
     python benchmarks/bench.py --asyncdl-args="--timeout 10" --keep
