@@ -1,6 +1,7 @@
 """The command line: argv -> options -> sources -> Downloader -> display, report, exit code.
 
-The only module that prints or exits. It never imports aiohttp or aiofiles.
+With _cli_upload and _cli_common, the only modules that print or exit; they never import aiohttp or
+aiofiles.
 """
 
 from __future__ import annotations
@@ -9,84 +10,38 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from ._api import DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Downloader
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Parser,
+    header,
+    make_renderer,
+    non_negative_int,
+    positive_int,
+    present,
+    rate,
+    run_main,
+    seconds,
+)
 from ._exceptions import AsyncdlError, UsageError
-from ._models import BadEntry, Request, Result, Status
-from ._progress import PlainRenderer, Progress, QuietRenderer, Renderer, TerminalRenderer, summary_line
-from ._ratelimit import parse_rate
-from ._report import ReportWriter
+from ._models import BadEntry, Request, Result
+from ._progress import Progress
 from ._urllist import parse_lines
 from ._version import __version__
 
 T = TypeVar("T")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (no usage dump) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _rate(text: str) -> int:
-    try:
-        return parse_rate(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
-        raise argparse.ArgumentTypeError(f"header must look like 'Name: value', not {text!r}")
-    return name.strip(), value.strip()
-
 
 def download_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="asyncdl",
         description="Download many URLs at once. "
         "SOURCE is a URL list file, '-' for standard input, or a URL.",
@@ -96,22 +51,22 @@ def download_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-d", "--dir", default=".", help="output directory (default: current; created if missing)"
     )
-    parser.add_argument("-j", "--jobs", type=_positive_int, default=DEFAULT_JOBS, help="downloads at once")
+    parser.add_argument("-j", "--jobs", type=positive_int, default=DEFAULT_JOBS, help="downloads at once")
     parser.add_argument(
-        "-x", "--connections", type=_positive_int, default=1, help="connections for one large file"
+        "-x", "--connections", type=positive_int, default=1, help="connections for one large file"
     )
     parser.add_argument(
-        "--retries", type=_non_negative_int, default=DEFAULT_RETRIES, help="attempts after the first"
+        "--retries", type=non_negative_int, default=DEFAULT_RETRIES, help="attempts after the first"
     )
     parser.add_argument(
-        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help="stall timeout: seconds without a byte"
+        "--timeout", type=seconds, default=DEFAULT_TIMEOUT_S, help="stall timeout: seconds without a byte"
     )
     parser.add_argument(
-        "--limit-rate", type=_rate, default=None, metavar="RATE", help="overall cap: 500K, 10M, 1G"
+        "--limit-rate", type=rate, default=None, metavar="RATE", help="overall cap: 500K, 10M, 1G"
     )
     parser.add_argument(
         "--header",
-        type=_header,
+        type=header,
         action="append",
         default=[],
         metavar="'Name: value'",
@@ -127,10 +82,10 @@ def download_parser() -> argparse.ArgumentParser:
         "--ray", metavar="ADDRESS", help="run on Ray: 'auto' (running cluster), 'ray://HOST:PORT', 'local'"
     )
     ray.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="download workers (default: one per node)"
+        "--workers", type=positive_int, metavar="N", help="download workers (default: one per node)"
     )
     ray.add_argument(
-        "--shard-size", type=_positive_int, metavar="N", help="URLs a worker gets at a time (default 1000)"
+        "--shard-size", type=positive_int, metavar="N", help="URLs a worker gets at a time (default 1000)"
     )
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     return parser
@@ -234,16 +189,6 @@ async def _requests(sources: list[_Source], stdin: TextIO) -> AsyncIterator[Requ
 # --- running ---------------------------------------------------------------------------------------
 
 
-def _renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:
-    if quiet:
-        return QuietRenderer(stderr)
-    if stderr.isatty():
-        from rich.console import Console
-
-        return TerminalRenderer(progress, Console(file=stderr))
-    return PlainRenderer(progress, stderr)
-
-
 async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> int:
     sources = _open_sources(args.sources, stdin)
     dest = Path(args.dir)
@@ -275,36 +220,7 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
             async for result in dl.stream(_requests(sources, stdin)):
                 yield result
 
-    return await present(results(), _renderer(args.quiet, progress, stderr), progress)
-
-
-async def present(
-    results: AsyncIterator[Result],
-    renderer: Renderer,
-    progress: Progress,
-    *,
-    report: ReportWriter | None = None,
-) -> int:
-    """Draw the run while ``results`` arrive: a line per failure, the summary at the end; the exit code."""
-    failed = 0
-    drawing = asyncio.ensure_future(renderer.run())
-    try:
-        async with contextlib.aclosing(results) as arriving:  # type: ignore[type-var]
-            async for result in arriving:
-                if report is not None:
-                    report.write(result)
-                if result.status is Status.FAILED:
-                    failed += 1
-                    renderer.message(_failure_line(result))
-    finally:
-        drawing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drawing
-        renderer.close()
-        if report is not None:
-            report.close()
-        renderer.message(summary_line(progress.snapshot()))
-    return EXIT_FAILED if failed else EXIT_OK
+    return await present(results(), make_renderer(args.quiet, progress, stderr), progress)
 
 
 def _ray_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -318,38 +234,6 @@ def _ray_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _failure_line(result: Result) -> str:
-    return f"FAILED {result.url}: {result.error}"
-
-
-def _run(make: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run the main coroutine; SIGINT / SIGTERM cancel it cleanly and give 130 / 143."""
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(make())
-    received: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        if received:
-            os._exit(EXIT_SIGNAL.get(signal.Signals(signum), 130))  # a second signal: stop now
-        received.append(signum)
-        task.cancel()
-
-    for sig in EXIT_SIGNAL:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if received:
-            return EXIT_SIGNAL[signal.Signals(received[0])]
-        raise
-    finally:
-        for sig in EXIT_SIGNAL:
-            loop.remove_signal_handler(sig)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``asyncdl`` and ``python -m asyncdl``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -358,10 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["upload"]:
             from ._cli_upload import upload_main
 
-            status: int = upload_main(argv[1:], run=_run, stderr=stderr)
+            status: int = upload_main(argv[1:], run=run_main, stderr=stderr)
             return status
         args = download_parser().parse_args(argv)
-        return _run(lambda: _download(args, sys.stdin, stderr))
+        return run_main(lambda: _download(args, sys.stdin, stderr))
     except UsageError as exc:
         print(f"asyncdl: {exc}", file=stderr)
         return EXIT_USAGE

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._cli import (
-    _header,
-    _non_negative_int,
-    _Parser,
-    _positive_int,
-    _renderer,
-    _seconds,
+from ._cli_common import (
+    Parser,
+    header,
+    make_renderer,
+    non_negative_int,
+    positive_int,
     present,
+    seconds,
 )
 from ._exceptions import StorageError, UsageError
 from ._files import probe_upload
@@ -52,7 +52,7 @@ def _field(text: str) -> tuple[str, str]:
 
 
 def upload_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="asyncdl upload",
         usage="asyncdl upload [OPTIONS] FILE URL\n       asyncdl upload [OPTIONS] FILE_OR_DIR... URL_PREFIX/",
         description="Stream files to HTTP servers (PUT by default). FILE '-' reads standard input. "
@@ -78,18 +78,18 @@ def upload_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--header",
-        type=_header,
+        type=header,
         action="append",
         default=[],
         metavar="'Name: value'",
         help="extra request header, repeatable",
     )
     parser.add_argument(
-        "--retries", type=_non_negative_int, default=DEFAULT_UPLOAD_RETRIES, help="attempts after the first"
+        "--retries", type=non_negative_int, default=DEFAULT_UPLOAD_RETRIES, help="attempts after the first"
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_UPLOAD_TIMEOUT_S,
         help="stall timeout: seconds without progress",
     )
@@ -97,7 +97,7 @@ def upload_parser() -> argparse.ArgumentParser:
         "--retry-post", action="store_true", help="retry a failed POST too (POST is not idempotent)"
     )
     parser.add_argument(
-        "-j", "--jobs", type=_positive_int, default=DEFAULT_UPLOAD_JOBS, help="uploads at once (default 4)"
+        "-j", "--jobs", type=positive_int, default=DEFAULT_UPLOAD_JOBS, help="uploads at once (default 4)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
     parser.add_argument("--report", metavar="FILE", help="write a JSON Lines report, one object an upload")
@@ -162,4 +162,4 @@ async def _upload(args: argparse.Namespace, plan: _Plan, settings: UploadSetting
     if plan.single is not None:
         progress.expected_files = 1
     results = stream_uploads(items, settings, jobs=args.jobs, progress=progress)
-    return await present(results, _renderer(args.quiet, progress, stderr), progress, report=report)
+    return await present(results, make_renderer(args.quiet, progress, stderr), progress, report=report)

@@ -1,0 +1,147 @@
+"""What the download and upload command lines share: option types, the display, exit codes, the run loop.
+
+Like the command lines themselves, the only place (with them) that prints or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, NoReturn, TextIO
+
+from ._exceptions import UsageError
+from ._models import Result, Status
+from ._progress import PlainRenderer, Progress, QuietRenderer, Renderer, TerminalRenderer, summary_line
+from ._ratelimit import parse_rate
+from ._report import ReportWriter
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+        raise argparse.ArgumentTypeError(f"header must look like 'Name: value', not {text!r}")
+    return name.strip(), value.strip()
+
+
+def make_renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:
+    if quiet:
+        return QuietRenderer(stderr)
+    if stderr.isatty():
+        from rich.console import Console
+
+        return TerminalRenderer(progress, Console(file=stderr))
+    return PlainRenderer(progress, stderr)
+
+
+async def present(
+    results: AsyncIterator[Result],
+    renderer: Renderer,
+    progress: Progress,
+    *,
+    report: ReportWriter | None = None,
+) -> int:
+    """Draw the run while ``results`` arrive: a line per failure, the summary at the end; the exit code."""
+    failed = 0
+    drawing = asyncio.ensure_future(renderer.run())
+    try:
+        async with contextlib.aclosing(results) as arriving:  # type: ignore[type-var]
+            async for result in arriving:
+                if report is not None:
+                    report.write(result)
+                if result.status is Status.FAILED:
+                    failed += 1
+                    renderer.message(failure_line(result))
+    finally:
+        drawing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drawing
+        renderer.close()
+        if report is not None:
+            report.close()
+        renderer.message(summary_line(progress.snapshot()))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def failure_line(result: Result) -> str:
+    return f"FAILED {result.url}: {result.error}"
+
+
+def run_main(make: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run the main coroutine; SIGINT / SIGTERM cancel it cleanly and give 130 / 143."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(make())
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if received:
+            os._exit(EXIT_SIGNAL.get(signal.Signals(signum), 130))  # a second signal: stop now
+        received.append(signum)
+        task.cancel()
+
+    for sig in EXIT_SIGNAL:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if received:
+            return EXIT_SIGNAL[signal.Signals(received[0])]
+        raise
+    finally:
+        for sig in EXIT_SIGNAL:
+            loop.remove_signal_handler(sig)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
