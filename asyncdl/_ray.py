@@ -21,7 +21,9 @@ name is recorded beside the temporary file (see ``Settings.shared_dest``).
 Faults: a shard whose worker died (process killed, node lost) is handed out again, to the restarted
 actor or another one; the plans are the same, so the same temporary files are resumed and complete
 targets skipped, and every download is reported exactly once (records come back per shard, and a
-failed shard returns none).
+failed shard returns none). Ctrl-C on the driver: each worker cancels its shards and returns once
+their downloads have ended (the bytes received so far flushed to the temporary files, kept for
+resume), then the workers are killed and Ray is shut down.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 from collections import deque
@@ -115,6 +118,7 @@ class DownloadWorker:
         # Other workers write into the same directory (see Settings.shared_dest).
         self.downloader.settings = dataclasses.replace(config.settings, shared_dest=True)
         self.incarnation = f"{os.getpid()}-{id(self)}"
+        self._shards: set[asyncio.Task[Any]] = set()  # the shards running now (close stops them)
 
     async def run_shard(self, plans: list[Plan]) -> tuple[list[Record], str, int]:
         """Download every plan; the records in plan order, and this worker's cumulative bytes."""
@@ -125,6 +129,10 @@ class DownloadWorker:
             error = f"{exc} (on Ray node {socket.gethostname()})"
             return [(record_url(p), None, Status.FAILED.value, 0, 0, error) for p in plans], "", 0
         records: list[Record | None] = [None] * len(plans)
+        task = asyncio.current_task()
+        if task is not None:
+            self._shards.add(task)
+            task.add_done_callback(self._shards.discard)
 
         async def run(item: tuple[int, Plan]) -> None:
             index, plan = item
@@ -159,8 +167,19 @@ class DownloadWorker:
         """The worker's process id (tests kill it)."""
         return os.getpid()
 
-    async def close(self) -> None:
+    async def close(self) -> tuple[str, int]:
+        """Stop the shards under way and close the session; who am I and the bytes received.
+
+        Returns only when every running download has ended, so the bytes received so far are in
+        the temporary files (a cancelled download flushes its buffer) before the driver kills us.
+        """
+        running = [t for t in self._shards if t is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
         await self.downloader.aclose()
+        return self.incarnation, self.progress.bytes_done
 
 
 def _identity(item: tuple[int, Plan]) -> tuple[int, Plan]:
@@ -235,12 +254,23 @@ class RayCluster:
 
     def _init(self) -> None:
         ray = self.ray
-        if self.address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # Not in the main thread, so Ray leaves our SIGTERM handling alone (exit 143): quiet its
+        # warning about that.
+        quiet = _DropMessage("SIGTERM handler is not set")
+        logger = logging.getLogger("ray._private.worker")
+        logger.addFilter(quiet)
+        try:
+            if self.address == "local":
+                # "local" starts a new instance even when RAY_ADDRESS or a `ray start` cluster exists.
+                ray.init(
+                    address="local", include_dashboard=False, log_to_driver=False, configure_logging=False
+                )
+            else:
+                # We connect, so we disconnect at the end (a running cluster stays up).
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
             self._started_ray = True
-        else:
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-            self._started_ray = True  # we connected: we disconnect (a running cluster stays up)
+        finally:
+            logger.removeFilter(quiet)
 
     @property
     def actors(self) -> list[Any]:
@@ -251,9 +281,17 @@ class RayCluster:
         """Stop the workers; shut Ray down when this run started or connected it. Safe to call twice."""
         actors, self._actors = self._actors, []
         if actors:
-            closing = [a.close.remote() for a in actors]
+            # Each worker stops its shards (keeping their temporary files) before it is killed.
+            closing = [_await_ref(a.close.remote()) for a in actors]
+            closed: list[Any] = []
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CANCEL_GRACE_S)
+                closed = await asyncio.wait_for(
+                    asyncio.gather(*closing, return_exceptions=True), CANCEL_GRACE_S
+                )
+            for worker, answer in enumerate(closed):
+                if isinstance(answer, tuple):  # the final byte count, for the summary
+                    incarnation, bytes_done = answer
+                    self.progress.mirror((worker, incarnation), bytes_done=bytes_done)
             for actor in actors:
                 with contextlib.suppress(Exception):
                     self.ray.kill(actor, no_restart=True)
@@ -387,6 +425,15 @@ class RayCluster:
                     continue
                 entries = [ActiveDownload(-1, url, name, done, total) for url, name, done, total in active]
                 self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=entries)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
 
 
 async def _await_ref(ref: Any) -> Any:

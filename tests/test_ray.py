@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from faultserver import FaultServer
+from faultserver import FaultServer, Route
 from httpserver import FileServer
 
 from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
@@ -187,3 +190,90 @@ async def test_cli_with_a_local_ray_end_to_end(file_server: FileServer, tmp_path
     assert sorted(r["status"] for r in records) == ["failed", "ok", "ok"]
     assert all(r["worker"] == 0 and r["shard"] == 0 for r in records)
     assert "1 failed" in err.splitlines()[-1]
+
+
+class CountingServer(FaultServer):
+    """A FaultServer that records how many body bytes it finished writing, per path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: dict[str, int] = {}
+
+    async def _send_body(self, conn: Any, payload: bytes, *, limit: int, route: Route) -> None:
+        await super()._send_body(conn, payload, limit=limit, route=route)
+        self.sent[route.path] = self.sent.get(route.path, 0) + limit
+
+
+async def wait_until(condition: Callable[[], bool], proc: asyncio.subprocess.Process, what: str) -> None:
+    """Poll ``condition`` until it holds, the process ends or the deadline passes."""
+    deadline = time.monotonic() + 45
+    while not condition():
+        if proc.returncode is not None:
+            _out, err = await proc.communicate()
+            raise AssertionError(f"asyncdl ended before {what}: {err.decode(errors='replace')}")
+        assert time.monotonic() < deadline, f"{what}: not in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.slow
+async def test_ctrl_c_on_the_driver_stops_the_workers_and_keeps_temporary_files(tmp_path: Path) -> None:
+    stalled_at = 1024 * 1024 + 4096  # more than a write buffer: part of it is on disk before the signal
+    bodies = {f"/big{i}.bin": os.urandom(3 * 1024 * 1024) for i in range(2)}
+    async with CountingServer() as server:
+        routes = {p: server.route(p, body=b, stall_after=stalled_at, fail_times=1) for p, b in bodies.items()}
+        server.route("/small.txt", body=b"small")
+        url_list = tmp_path / "urls.txt"
+        url_list.write_text("".join(f"{server.url(p)}\n" for p in [*bodies, "/small.txt"]))
+        out = tmp_path / "out"
+        # Shards of one URL: each worker stalls on one big file, and the small one completes.
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "asyncdl", str(url_list), "-d", str(out)),
+            *("--ray", "local", "--workers", "2", "--shard-size", "1"),
+            cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+        def partials() -> dict[str, int]:
+            found = {p: q for p in bodies for q in out.glob(f".asyncdl-{p[1:]}-*.part")}
+            return {p: q.stat().st_size for p, q in found.items()}
+
+        await wait_until((out / "small.txt").exists, proc, "the small file")
+        await wait_until(lambda: all(server.sent.get(p) == stalled_at for p in bodies), proc, "the stalls")
+        await wait_until(lambda: len(partials()) == 2 and all(partials().values()), proc, "bytes on disk")
+
+        proc.send_signal(signal.SIGINT)
+        sent_at = time.monotonic()
+        _out, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+        stopped_in = time.monotonic() - sent_at
+        err = err_bytes.decode(errors="replace")
+        assert proc.returncode == 130, err
+        assert stopped_in < 10, stopped_in
+        assert "Traceback" not in err, err
+        # The summary counts the small file, and the bytes the workers had received when they stopped.
+        assert re.search(r"^1 ok, 0 skipped, 0 failed; 2\.0 MiB in [0-9.]+ s \(.*/s\)$", err, re.MULTILINE), (
+            err
+        )
+        # Everything received before the signal is in the kept temporary files (flushed on cancel).
+        for path, body in bodies.items():
+            (part,) = out.glob(f".asyncdl-{path[1:]}-*.part")
+            assert part.read_bytes() == body[:stalled_at], path
+            assert not (out / path[1:]).exists()
+
+        # A local run resumes both from where they stopped.
+        resumed = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "asyncdl", "-q", str(url_list), "-d", str(out)),
+            cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _out, err_bytes = await asyncio.wait_for(resumed.communicate(), 30)
+        assert resumed.returncode == 0, err_bytes.decode(errors="replace")
+        for path, body in bodies.items():
+            last = server.requests_for(path)[-1]
+            assert last.header("Range") == f"bytes={stalled_at}-"
+            assert last.header("If-Range") == routes[path].etag_for(0)
+            assert (out / path[1:]).read_bytes() == body
+        assert len(server.requests_for("/small.txt")) == 1
+        assert visible(out) == ["big0.bin", "big1.bin", "small.txt"]
