@@ -33,7 +33,7 @@ from ._cli_common import (
 )
 from ._exceptions import AsyncdlError, UsageError
 from ._models import BadEntry, Request, Result
-from ._progress import Progress
+from ._progress import Progress, TerminalRenderer
 from ._urllist import parse_lines
 from ._version import __version__
 
@@ -220,7 +220,36 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
             async for result in dl.stream(_requests(sources, stdin)):
                 yield result
 
-    return await present(results(), make_renderer(args.quiet, progress, stderr), progress)
+    renderer = make_renderer(args.quiet, progress, stderr)
+    if isinstance(renderer, TerminalRenderer) and not any(source.stdin for source in sources):
+        _count_in_background(sources, progress)
+    return await present(results(), renderer, progress)
+
+
+def _count_in_background(sources: list[_Source], progress: Progress) -> None:
+    """Count the downloads of the list files in a thread, for the display's "left" figure.
+
+    Only for the terminal display: the count reads every file once more, which a run that nobody
+    watches need not pay for. The downloads do not wait for it.
+    """
+    paths = [source.name for source in sources if source.lines is not None]
+    direct = sum(1 for source in sources if source.url is not None)
+
+    def count() -> None:
+        total = direct
+        try:
+            for path in paths:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    # A download starts at column 0; options are indented; comments start with '#'.
+                    total += sum(1 for line in handle if line[:1] not in _NOT_A_DOWNLOAD and line.strip())
+        except OSError:
+            return
+        progress.expected_files = total
+
+    threading.Thread(target=count, name="asyncdl-count", daemon=True).start()
+
+
+_NOT_A_DOWNLOAD = frozenset(" \t#\r\n")
 
 
 def _ray_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -48,5 +48,6 @@ async def test_terminal_gets_a_live_display_and_a_summary(fault_server: FaultSer
     assert "\x1b[" in text  # redrawn with terminal control sequences
     assert "slow.bin" in text  # a line for the active download
     assert " at " in text and "/s" in text  # the overall line with its rate
+    assert " left" in text  # how many downloads of the input are still to come
     assert "FAILED" in text and "missing" in text
     assert "2 ok, 0 skipped, 1 failed;" in text
