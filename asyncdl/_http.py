@@ -176,6 +176,8 @@ def _brief(exc: BaseException) -> str:
 
 def _strip_credentials(url: str) -> tuple[str, str | None]:
     """The URL without ``user:password@``, and the Basic Authorization value they make."""
+    if "@" not in url:
+        return url, None  # the common case, without parsing
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, None
