@@ -87,10 +87,15 @@ class Request:
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mirrors", tuple(self.mirrors))
-        object.__setattr__(self, "headers", _header_pairs(self.headers))
+        # Plain requests (a URL and nothing else) are made by the million: only convert what needs it.
+        if self.mirrors.__class__ is not tuple:
+            object.__setattr__(self, "mirrors", tuple(self.mirrors))
+        if self.headers:
+            object.__setattr__(self, "headers", _header_pairs(self.headers))
+        elif self.headers.__class__ is not tuple:
+            object.__setattr__(self, "headers", ())
         checksum: object = self.checksum  # a "sha-256=HEX" string is accepted too
-        if isinstance(checksum, str):
+        if checksum is not None and isinstance(checksum, str):
             object.__setattr__(self, "checksum", Checksum.parse(checksum))
 
     @property

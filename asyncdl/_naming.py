@@ -37,6 +37,8 @@ _TEMP_HASH_CHARS = 12
 _MULTI_PART_EXTENSIONS = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz", ".tar.lzma", ".tar.z")
 
 # Charsets RFC 8187 (utf-8, mandatory) and RFC 5987 (iso-8859-1) allow in filename*.
+_blake2b = hashlib.blake2b
+
 _EXT_VALUE_CHARSETS = {"utf-8": "utf-8", "iso-8859-1": "iso-8859-1", "us-ascii": "ascii"}
 
 
@@ -110,21 +112,33 @@ def sanitize_name(name: str) -> str:
     return name
 
 
+# The path of an http(s) URL, as urlsplit finds it, in one match: the netloc ends at the first of
+# "/?#", the path at the first of "?#". URLs with TAB, CR or LF (which urlsplit removes first) or
+# brackets (IPv6 literals, which urlsplit checks) go the long way.
+_PLAIN_URL_PATH = re.compile(r"[hH][tT][tT][pP][sS]?://[^/?#\[\]\t\r\n]*(/[^?#\t\r\n]*)?(?:[?#]|\Z)")
+
+
 def name_from_url(url: str) -> str:
     """The sanitised, percent-decoded last segment of the URL's path; :data:`DEFAULT_NAME` if none.
 
     Query and fragment are ignored. A segment that decodes to ``/`` or ``..`` (``%2F``, ``%2e%2e``)
     still gives one safe component.
     """
-    try:
-        path = urlsplit(url).path
-    except ValueError:
-        # An unparsable URL (a bad IPv6 literal) fails elsewhere; the name just must not crash.
-        return DEFAULT_NAME
+    match = _PLAIN_URL_PATH.match(url)
+    if match is not None:
+        path = match.group(1) or ""
+    else:
+        try:
+            path = urlsplit(url).path
+        except ValueError:
+            # An unparsable URL (a bad IPv6 literal) fails elsewhere; the name just must not crash.
+            return DEFAULT_NAME
     if not path or path.endswith("/"):
         return DEFAULT_NAME
     segment = path.rpartition("/")[2]
-    return sanitize_name(unquote(segment, encoding="utf-8", errors="replace"))
+    if "%" in segment:
+        segment = unquote(segment, encoding="utf-8", errors="replace")
+    return sanitize_name(segment)
 
 
 def _read_quoted(value: str, start: int) -> tuple[str, int]:
@@ -267,18 +281,18 @@ class NameRegistry:
     """
 
     def __init__(self) -> None:
-        self._claimed: set[int] = set()
-        self._next_suffix: dict[int, int] = {}
+        self._claimed: set[bytes] = set()
+        self._next_suffix: dict[bytes, int] = {}
 
     @staticmethod
-    def _key(directory: str, name: str) -> int:
+    def _key(directory: str, name: str) -> bytes:
         data = f"{directory}\0{name}".encode("utf-8", errors="surrogatepass")
-        return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+        return _blake2b(data, digest_size=8).digest()
 
     def claim(self, directory: Path, name: str) -> str:
         """Claim ``name`` in ``directory``; returns the name to use (``name`` or a suffixed one)."""
         folder = os.fspath(directory)
-        key = self._key(folder, name)
+        key = _blake2b(f"{folder}\0{name}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
         if key not in self._claimed:
             self._claimed.add(key)
             return name

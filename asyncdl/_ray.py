@@ -35,17 +35,18 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._download import Plan, Settings, plan_download
+from ._download import Plan, Settings, plain_name, plan_download
 from ._exceptions import AsyncdlError, StorageError, UsageError
 from ._models import BadEntry, Request, Result, Status
 from ._naming import NameRegistry
 from ._pool import bounded_map
 from ._progress import ActiveDownload, Progress
+from ._urls import redact_url
 
 INSTALL_HINT = "pip install 'asyncdl[ray]'"
 DEFAULT_SHARD_SIZE = 1000
@@ -85,9 +86,22 @@ class WorkerConfig:
     settings: Settings
 
 
-# Record: (url, path, status, bytes, attempts, error): what the report needs, nothing more.
-Record = tuple[str, str | None, str, int, int, str | None]
+# What crosses the wire, per shard rather than per URL (a list of millions is mostly plain URLs):
+#
+# driver -> worker, ShardSpec: (urls, names, extras). A plain request (only a URL, see
+#   plain_name) is its URL and the name planned for it in dest; anything else (out=, dir=,
+#   mirrors, checksum, headers, a bad entry) is sent as its whole Plan in ``extras``, by index
+#   (its urls/names entries are then "").
+# worker -> driver, ShardAnswer: (statuses, sizes, attempts, errors, paths, incarnation,
+#   bytes_done): one status letter per download ("o", "s", "f"), its bytes and attempts; the
+#   errors by index; the paths that differ from the planned target (a Content-Disposition name,
+#   or None), by index; who answered and its cumulative bytes.
+ShardSpec = tuple[list[str], list[str], dict[int, Plan]]
+ShardAnswer = tuple[str, list[int], list[int], dict[int, str], dict[int, str | None], str, int]
 ActiveRecord = tuple[str, str, int, int | None]
+
+_LETTER = {Status.OK: "o", Status.SKIPPED: "s", Status.FAILED: "f"}
+_STATUS = {letter: status for status, letter in _LETTER.items()}
 
 
 class DownloadWorker:
@@ -120,15 +134,17 @@ class DownloadWorker:
         self.incarnation = f"{os.getpid()}-{id(self)}"
         self._shards: set[asyncio.Task[Any]] = set()  # the shards running now (close stops them)
 
-    async def run_shard(self, plans: list[Plan]) -> tuple[list[Record], str, int]:
-        """Download every plan; the records in plan order, and this worker's cumulative bytes."""
+    async def run_shard(self, spec: ShardSpec) -> ShardAnswer:
+        """Download every request of the shard; compact results in shard order (see ShardSpec)."""
+        plans = self.plans(spec)
         try:
             await self.downloader.open()  # once: the session lives as long as the actor
         except StorageError as exc:
             # This node cannot write the output directory: its downloads fail, saying where.
             error = f"{exc} (on Ray node {socket.gethostname()})"
-            return [(record_url(p), None, Status.FAILED.value, 0, 0, error) for p in plans], "", 0
-        records: list[Record | None] = [None] * len(plans)
+            n = len(plans)
+            return "f" * n, [0] * n, [0] * n, dict.fromkeys(range(n), error), dict.fromkeys(range(n)), "", 0
+        results: list[Result | None] = [None] * len(plans)
         task = asyncio.current_task()
         if task is not None:
             self._shards.add(task)
@@ -136,15 +152,7 @@ class DownloadWorker:
 
         async def run(item: tuple[int, Plan]) -> None:
             index, plan = item
-            result = await self.downloader._run_plan(plan)
-            records[index] = (
-                result.url,
-                result.path,
-                result.status.value,
-                result.bytes,
-                result.attempts,
-                result.error,
-            )
+            results[index] = await self.downloader._run_plan(plan)
 
         # The downloader's -j slots are shared by every shard this worker runs at once.
         async with contextlib.aclosing(
@@ -152,7 +160,34 @@ class DownloadWorker:
         ) as done:
             async for _ in done:
                 pass
-        return [r for r in records if r is not None], self.incarnation, self.progress.bytes_done
+        statuses: list[str] = []
+        sizes: list[int] = []
+        attempts: list[int] = []
+        errors: dict[int, str] = {}
+        paths: dict[int, str | None] = {}
+        for index, (plan, result) in enumerate(zip(plans, results, strict=True)):
+            assert result is not None
+            statuses.append(_LETTER[result.status])
+            sizes.append(result.bytes)
+            attempts.append(result.attempts)
+            if result.error is not None:
+                errors[index] = result.error
+            if result.path != planned_path(plan):
+                paths[index] = result.path
+        return "".join(statuses), sizes, attempts, errors, paths, self.incarnation, self.progress.bytes_done
+
+    def plans(self, spec: ShardSpec) -> list[Plan]:
+        """The Plans of a shard, rebuilt from what the driver sent."""
+        urls, names, extras = spec
+        dest = self.downloader.dest
+        plans: list[Plan] = []
+        for index, (url, name) in enumerate(zip(urls, names, strict=True)):
+            extra = extras.get(index) if extras else None
+            if extra is not None:
+                plans.append(extra)
+            else:
+                plans.append(Plan(Request(url), dest, name, False, f"{url}\n{name}"))
+        return plans
 
     async def stats(self) -> tuple[str, int, list[ActiveRecord]]:
         """For the live view: who am I, bytes received so far, some active downloads."""
@@ -188,9 +223,17 @@ def _identity(item: tuple[int, Plan]) -> tuple[int, Plan]:
 
 @dataclass
 class _Shard:
+    """A shard as the driver keeps it: what was sent, and the caller's items for the Results."""
+
     number: int
-    plans: list[Plan]
+    items: list[Request | BadEntry]
+    spec: ShardSpec
     tries: int = 0
+
+    def planned_path(self, index: int, prefix: str) -> str | None:
+        """The target planned for item ``index`` (``prefix``: dest with a separator)."""
+        extra = self.spec[2].get(index)
+        return prefix + self.spec[1][index] if extra is None else planned_path(extra)
 
 
 class RayCluster:
@@ -309,6 +352,7 @@ class RayCluster:
         if not self._actors:
             raise RuntimeError("use 'async with Downloader(..., ray=...)' before downloading")
         dest = Path(self.config.dest)
+        prefix = str(dest / "x")[:-1]  # str(dest / name) for a plain name: dest and a separator
         registry = NameRegistry()  # the run's names, decided here in input order
         items = _aiter(requests)
         exhausted = False
@@ -327,14 +371,13 @@ class RayCluster:
                     if again:
                         shard = again.popleft()
                     elif not exhausted:
-                        plans = await _cut(items, self.shard_size, dest, registry)
-                        if not plans:
+                        shard = await _cut(items, self.shard_size, dest, registry, next(numbers))
+                        if not shard.items:
                             exhausted = True
                             continue
-                        shard = _Shard(next(numbers), plans)
                     else:
                         break
-                    ref = self._actors[worker].run_shard.remote(shard.plans)
+                    ref = self._actors[worker].run_shard.remote(shard.spec)
                     pending[asyncio.ensure_future(_await_ref(ref))] = (shard, worker, ref)
                     load[worker] += 1
                 if not pending:
@@ -346,7 +389,7 @@ class RayCluster:
                     shard, worker, _ref = pending.pop(future)
                     load[worker] -= 1
                     try:
-                        records, incarnation, bytes_done = future.result()
+                        answer: ShardAnswer = future.result()
                     except self.ray.exceptions.RayActorError as exc:
                         last_death = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                         self._on_worker_error(worker, exc)
@@ -354,14 +397,35 @@ class RayCluster:
                         if shard.tries < MAX_SHARD_TRIES:
                             again.append(shard)
                             continue
-                        for result in self._give_up(shard, worker, exc):
+                        for result in self._give_up(shard, worker, exc, prefix):
                             self.progress.finish(None, result)
                             yield result
                         continue
+                    statuses, sizes, attempts, errors, paths, incarnation, bytes_done = answer
                     self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=None)
-                    for plan, record in zip(shard.plans, records, strict=True):
-                        result = _result(plan, record, worker, shard.number)
-                        self.progress.finish(None, result)
+                    finish = self.progress.finish
+                    names = shard.spec[1]
+                    extras = shard.spec[2]
+                    number = shard.number
+                    for index, item in enumerate(shard.items):
+                        if index in paths:
+                            path = paths[index]
+                        elif index in extras:
+                            path = planned_path(extras[index])
+                        else:
+                            path = prefix + names[index]
+                        result = Result(
+                            redact_url(item.url),
+                            path,
+                            _STATUS[statuses[index]],
+                            sizes[index],
+                            attempts[index],
+                            errors.get(index),
+                            item if isinstance(item, Request) else None,
+                            worker,
+                            number,
+                        )
+                        finish(None, result)
                         yield result
         finally:
             poller.cancel()
@@ -387,19 +451,19 @@ class RayCluster:
         if isinstance(exc, self.ray.exceptions.ActorDiedError):
             self._dead.add(worker)
 
-    def _give_up(self, shard: _Shard, worker: int, exc: BaseException) -> list[Result]:
+    def _give_up(self, shard: _Shard, worker: int, exc: BaseException, prefix: str) -> list[Result]:
         error = f"a Ray worker died {shard.tries} times while running this download's shard: {exc}"
         return [
             Result(
-                url=record_url(plan),
-                path=str(plan.target) if plan.request is not None and not plan.failure else None,
+                url=redact_url(item.url),
+                path=shard.planned_path(index, prefix),
                 status=Status.FAILED,
                 error=error.splitlines()[0],
-                request=plan.request,
+                request=item if isinstance(item, Request) else None,
                 worker=worker,
                 shard=shard.number,
             )
-            for plan in shard.plans
+            for index, item in enumerate(shard.items)
         ]
 
     async def _cancel(self, pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]]) -> None:
@@ -454,34 +518,29 @@ def _aiter(
 
 
 async def _cut(
-    items: AsyncIterator[str | Request | BadEntry], size: int, dest: Path, registry: NameRegistry
-) -> list[Plan]:
+    items: AsyncIterator[str | Request | BadEntry], size: int, dest: Path, registry: NameRegistry, number: int
+) -> _Shard:
     """The next shard: up to ``size`` items, planned in input order (names decided here)."""
-    plans: list[Plan] = []
+    requests: list[Request | BadEntry] = []
+    urls: list[str] = []
+    names: list[str] = []
+    extras: dict[int, Plan] = {}
     async for item in items:
         request = item if isinstance(item, BadEntry) else Request.coerce(item)
-        plans.append(plan_download(request, dest, registry))
-        if len(plans) >= size:
+        name = None if isinstance(request, BadEntry) else plain_name(request, dest, registry)
+        if name is None:
+            extras[len(requests)] = plan_download(request, dest, registry)
+            urls.append("")
+            names.append("")
+        else:
+            urls.append(request.url)
+            names.append(name)
+        requests.append(request)
+        if len(requests) >= size:
             break
-    return plans
+    return _Shard(number, requests, (urls, names, extras))
 
 
-def record_url(plan: Plan) -> str:
-    from ._urls import redact_url
-
-    return redact_url(plan.request.url) if plan.request is not None else plan.shown_url
-
-
-def _result(plan: Plan, record: Sequence[Any], worker: int, shard: int) -> Result:
-    url, path, status, size, attempts, error = record
-    return Result(
-        url=url,
-        path=path,
-        status=Status(status),
-        bytes=size,
-        attempts=attempts,
-        error=error,
-        request=plan.request,  # the caller's own object, not the worker's copy
-        worker=worker,
-        shard=shard,
-    )
+def planned_path(plan: Plan) -> str | None:
+    """The path a Result of ``plan`` has unless the download renamed it (None: a bad entry)."""
+    return str(plan.target) if plan.request is not None and plan.failure is None else None

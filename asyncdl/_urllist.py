@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from ._exceptions import UsageError
 from ._models import BadEntry, Checksum, Request
-from ._urls import redact_url, usable_url_problem
+from ._urls import is_plain_url, redact_url, usable_url_problem
 
 __all__ = ["parse_lines"]
 
@@ -66,13 +66,28 @@ def parse_lines(lines: Iterable[str], *, source: str) -> Iterator[Request | BadE
     in messages ("urls.txt", "<stdin>"); every item gets ``source="<source>:<line of its URL>"``.
     """
     pending: _Download | None = None
+    # A plain URL line (the common case: no TAB, no white space, a usable URL) waits here as text,
+    # and becomes a _Download only if option lines follow it.
+    plain: str | None = None
+    plain_lineno = 0
     for lineno, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n")
         if lineno == 1 and line.startswith(_BOM):
             line = line[len(_BOM) :]
+        if is_plain_url(line):
+            if plain is not None:
+                yield Request(plain, source=f"{source}:{plain_lineno}")
+            elif pending is not None:
+                yield pending.finish()
+                pending = None
+            plain, plain_lineno = line, lineno
+            continue
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if plain is not None:
+            pending = _Download(plain, source=source, lineno=plain_lineno)
+            plain = None
         if line[0].isspace():
             if pending is None:
                 yield _orphan_option(stripped, source=source, lineno=lineno)
@@ -82,7 +97,9 @@ def parse_lines(lines: Iterable[str], *, source: str) -> Iterator[Request | BadE
         if pending is not None:
             yield pending.finish()
         pending = _Download(line.rstrip(), source=source, lineno=lineno)
-    if pending is not None:
+    if plain is not None:
+        yield Request(plain, source=f"{source}:{plain_lineno}")
+    elif pending is not None:
         yield pending.finish()
 
 

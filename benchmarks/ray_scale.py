@@ -35,7 +35,7 @@ from pathlib import Path
 import asyncdl
 from asyncdl import Downloader
 from asyncdl._models import Status
-from asyncdl._ray import DownloadWorker, Record
+from asyncdl._ray import DownloadWorker, ShardAnswer, ShardSpec
 from asyncdl._report import ReportWriter
 from asyncdl._urllist import parse_lines
 
@@ -143,14 +143,11 @@ async def measure_a(
 
 
 class DryRunWorker(DownloadWorker):
-    """Answers each shard at once, one record per plan, without network or disk."""
+    """Answers each shard at once, every download "skipped" at its planned path, without network or disk."""
 
-    async def run_shard(self, plans: list) -> tuple[list[Record], str, int]:  # type: ignore[override]
-        return (
-            [(plan.request.url, str(plan.target), "skipped", 0, 0, None) for plan in plans],
-            self.incarnation,
-            0,
-        )
+    async def run_shard(self, spec: ShardSpec) -> ShardAnswer:
+        n = len(spec[0])
+        return "s" * n, [0] * n, [0] * n, {}, {}, self.incarnation, 0
 
 
 def url_lines(n: int) -> Iterator[str]:
@@ -177,14 +174,23 @@ async def drive(n: int, workers: int, shard: int) -> dict:
                 yield item
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         async for result in dl.stream(requests()):  # type: ignore[arg-type]
             report.write(result)
             count += 1
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     report.close()
     shutil.rmtree(dest, ignore_errors=True)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"urls": count, "seconds": elapsed, "urls_per_s": count / elapsed, "peak_rss_mib": peak_kib / 1024}
+    return {
+        "urls": count,
+        "seconds": elapsed,
+        "urls_per_s": count / elapsed,
+        "cpu_s": cpu,
+        "urls_per_cpu_s": count / cpu,
+        "peak_rss_mib": peak_kib / 1024,
+    }
 
 
 def measure_b(n: int, workers: int, shard: int) -> dict:
@@ -263,10 +269,11 @@ def print_tables(rows: list[dict], ceiling: dict | None, args: argparse.Namespac
             print(f"| {r['run']} | {r['files_per_s']:,.0f} | {vs_local} | {vs_one} | {start} |")
     if ceiling is not None:
         print(f"\n(b) driver: {ceiling['urls']:,} URLs, dry-run workers, list parsed, report written\n")
-        print("| URLs/s | peak RSS | time |")
-        print("| ---: | ---: | ---: |")
+        print("| URLs/s | URLs per CPU second | peak RSS | time |")
+        print("| ---: | ---: | ---: | ---: |")
         rate, rss, seconds = ceiling["urls_per_s"], ceiling["peak_rss_mib"], ceiling["seconds"]
-        print(f"| {rate:,.0f} | {rss:.0f} MiB | {seconds:.1f} s |")
+        per_cpu = ceiling["urls_per_cpu_s"]
+        print(f"| {rate:,.0f} | {per_cpu:,.0f} | {rss:.0f} MiB | {seconds:.1f} s |")
         per_worker = next((r["files_per_s"] for r in rows if r["workers"] == 1), None)
         if per_worker:
             nodes = ceiling["urls_per_s"] / per_worker

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -415,3 +417,34 @@ def test_registry_never_returns_a_path_twice(claims: list[tuple[str, str]]) -> N
         # A name nobody holds yet is granted as asked.
         assert (got == name) == free
         seen.add((directory, got))
+
+
+def test_name_from_url_matches_urlsplit_on_odd_urls() -> None:
+    """The one-regex path of name_from_url gives what urlsplit's path gives, whatever the URL."""
+
+    def by_urlsplit(url: str) -> str:
+        try:
+            path = urlsplit(url).path
+        except ValueError:
+            return DEFAULT_NAME
+        if not path or path.endswith("/"):
+            return DEFAULT_NAME
+        return sanitize_name(unquote(path.rpartition("/")[2], encoding="utf-8", errors="replace"))
+
+    pieces = [*"ab/?#:@[]%2e.\t\r\n \x00\x01\x1f\x7fé", "http://", "HTTPS://", "//", "%2F", "%2e%2e"]
+    starts = [
+        "http://",
+        "https://",
+        "HTTP://",
+        "hTtPs://",
+        "http\u017f://",
+        "http:/",
+        "ftp://",
+        "",
+        " http://",
+        "\x00http://",
+    ]
+    rng = random.Random(7)
+    for _ in range(20000):
+        url = rng.choice(starts) + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert name_from_url(url) == by_urlsplit(url), repr(url)
