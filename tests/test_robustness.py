@@ -427,7 +427,8 @@ async def test_failure_while_restarting_never_pairs_old_bytes_with_new_metadata(
 ) -> None:
     # A run dies (here: the file cannot be reopened) just as it restarts a partial whose remote changed;
     # the next run must not take the old bytes for a prefix of the new version.
-    old, new = os.urandom(1_500_000), os.urandom(1_500_000)  # above the write buffer: a file is opened
+    # Above the size kept in memory until commit (SMALL_BODY_MAX): a file is opened while receiving.
+    old, new = os.urandom(3_000_000), os.urandom(3_000_000)
     route = fault_server.route("/x", bodies=[old, new], version=1)
     url = fault_server.url("/x")
     meta = ResumeMeta(url=url, etag=route.etag_for(0), size=len(old))
