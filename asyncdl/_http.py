@@ -293,6 +293,27 @@ def status_error(status: int, reason: str | None, headers: Mapping[str, str], ur
     return HTTPStatusError(text, status=status, url=url)
 
 
+def request_headers(
+    request_url: str,
+    first_origin: tuple[str, str, int | None],
+    auth: str | None,
+    user_headers: list[tuple[str, str]],
+) -> dict[str, str]:
+    """The headers for one hop of a request: the user's and the URL's credentials only at the origin
+    the user named (a redirect elsewhere drops them); .netrc credentials for the host they name."""
+    send: dict[str, str] = {}
+    if origin(request_url) == first_origin:
+        if auth is not None:
+            send["Authorization"] = auth
+        for name, value in user_headers:
+            send[name] = value
+    if not any(name.lower() == "authorization" for name in send):
+        from_netrc = _environment.authorization(urlsplit(request_url).hostname or "")
+        if from_netrc is not None:
+            send["Authorization"] = from_netrc
+    return send
+
+
 @asynccontextmanager
 async def open_body(
     session: aiohttp.ClientSession,
@@ -317,18 +338,7 @@ async def open_body(
     response: aiohttp.ClientResponse | None = None
     try:
         for _hop in range(MAX_REDIRECTS + 1):
-            same_origin = origin(request_url) == first_origin
-            send: dict[str, str] = {}
-            if same_origin:
-                if auth is not None:
-                    send["Authorization"] = auth
-                for name, value in user_headers:
-                    send[name] = value
-            if "Authorization" not in send and "authorization" not in (k.lower() for k in send):
-                # .netrc credentials belong to the host they name, wherever a redirect leads.
-                from_netrc = _environment.authorization(urlsplit(request_url).hostname or "")
-                if from_netrc is not None:
-                    send["Authorization"] = from_netrc
+            send = request_headers(request_url, first_origin, auth, user_headers)
             # Ask for the bytes as served: a compressed body could not be resumed or checked.
             send["Accept-Encoding"] = "identity"
             if offset > 0 or end is not None:
@@ -573,13 +583,7 @@ async def send_upload(
     seen = {request_url}
     send_body = True
     for _hop in range(MAX_REDIRECTS + 1):
-        same_origin = origin(request_url) == first_origin
-        send: dict[str, str] = {}
-        if same_origin:
-            if auth is not None:
-                send["Authorization"] = auth
-            for name, value in user_headers:
-                send[name] = value
+        send = request_headers(request_url, first_origin, auth, user_headers)
         # An error answer is read as text: ask for it uncompressed.
         send["Accept-Encoding"] = "identity"
         payload: _StreamedBody | None = None

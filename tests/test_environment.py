@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from httpserver import FileServer
 
-from asyncdl import Status, download_many
+from asyncdl import Status, download_many, upload
 from asyncdl._http import Environment
 
 
@@ -60,3 +60,20 @@ async def test_http_proxy_from_the_environment_is_used(
     assert result.status is Status.OK, result.error
     assert (tmp_path / "via-proxy.txt").read_bytes() == b"proxied"
     assert file_server.requests[0].headers["Host"] == "files.example.invalid"
+
+
+async def test_netrc_credentials_are_sent_with_uploads_too(
+    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine 127.0.0.1 login bob password builder\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    source = tmp_path / "payload.bin"
+    source.write_bytes(b"data")
+    file_server.add("/up/payload.bin", b"")
+    result = await upload(source, file_server.url("/up/payload.bin"))
+    assert result.status is Status.OK, result.error
+    (seen,) = file_server.requests
+    assert seen.method == "PUT"
+    assert seen.headers["Authorization"] == "Basic Ym9iOmJ1aWxkZXI="
