@@ -22,14 +22,12 @@ from ._cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
     Parser,
-    header,
+    add_transfer_options,
     make_renderer,
-    non_negative_int,
     positive_int,
     present,
     rate,
     run_main,
-    seconds,
 )
 from ._exceptions import AsyncdlError, UsageError
 from ._models import BadEntry, Request, Result
@@ -56,27 +54,12 @@ def download_parser() -> argparse.ArgumentParser:
         "-x", "--connections", type=positive_int, default=1, help="connections for one large file"
     )
     parser.add_argument(
-        "--retries", type=non_negative_int, default=DEFAULT_RETRIES, help="attempts after the first"
-    )
-    parser.add_argument(
-        "--timeout", type=seconds, default=DEFAULT_TIMEOUT_S, help="stall timeout: seconds without a byte"
-    )
-    parser.add_argument(
         "--limit-rate", type=rate, default=None, metavar="RATE", help="overall cap: 500K, 10M, 1G"
-    )
-    parser.add_argument(
-        "--header",
-        type=header,
-        action="append",
-        default=[],
-        metavar="'Name: value'",
-        help="extra request header",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="download again and replace existing targets"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
-    parser.add_argument("--report", metavar="FILE", help="write a JSON Lines report, one object a download")
+    add_transfer_options(parser, retries=DEFAULT_RETRIES, timeout_s=DEFAULT_TIMEOUT_S, what="a download")
     ray = parser.add_argument_group("scale-out on a Ray cluster (pip install 'asyncdl[ray]')")
     ray.add_argument(
         "--ray", metavar="ADDRESS", help="run on Ray: 'auto' (running cluster), 'ray://HOST:PORT', 'local'"

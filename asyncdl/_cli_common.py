@@ -76,6 +76,26 @@ def header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def add_transfer_options(
+    parser: argparse.ArgumentParser, *, retries: int, timeout_s: float | None, what: str
+) -> None:
+    """The options downloads and uploads share: --header, --retries, --timeout, -q, --report."""
+    parser.add_argument(
+        "--header",
+        type=header,
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="extra request header, repeatable",
+    )
+    parser.add_argument("--retries", type=non_negative_int, default=retries, help="attempts after the first")
+    parser.add_argument(
+        "--timeout", type=seconds, default=timeout_s, help="stall timeout: seconds without progress"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
+    parser.add_argument("--report", metavar="FILE", help=f"write a JSON Lines report, one object {what}")
+
+
 def make_renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:
     if quiet:
         return QuietRenderer(stderr)

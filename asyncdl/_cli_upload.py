@@ -17,12 +17,10 @@ from typing import Any, TextIO
 
 from ._cli_common import (
     Parser,
-    header,
+    add_transfer_options,
     make_renderer,
-    non_negative_int,
     positive_int,
     present,
-    seconds,
 )
 from ._exceptions import StorageError, UsageError
 from ._files import probe_upload
@@ -76,22 +74,8 @@ def upload_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="another form field (with --form), repeatable",
     )
-    parser.add_argument(
-        "--header",
-        type=header,
-        action="append",
-        default=[],
-        metavar="'Name: value'",
-        help="extra request header, repeatable",
-    )
-    parser.add_argument(
-        "--retries", type=non_negative_int, default=DEFAULT_UPLOAD_RETRIES, help="attempts after the first"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=seconds,
-        default=DEFAULT_UPLOAD_TIMEOUT_S,
-        help="stall timeout: seconds without progress",
+    add_transfer_options(
+        parser, retries=DEFAULT_UPLOAD_RETRIES, timeout_s=DEFAULT_UPLOAD_TIMEOUT_S, what="an upload"
     )
     parser.add_argument(
         "--retry-post", action="store_true", help="retry a failed POST too (POST is not idempotent)"
@@ -99,8 +83,6 @@ def upload_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-j", "--jobs", type=positive_int, default=DEFAULT_UPLOAD_JOBS, help="uploads at once (default 4)"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
-    parser.add_argument("--report", metavar="FILE", help="write a JSON Lines report, one object an upload")
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     return parser
 
