@@ -162,6 +162,11 @@ def translate(exc: BaseException, url: str) -> DownloadError:
         return DownloadError(f"invalid URL: {shown}", url=url)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ConnectError(f"connection broke during the body: {_brief(exc)}", url=url)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Not transient: the same certificate will be refused on every attempt.
+        return DownloadError(
+            f"TLS certificate of {exc.host}:{exc.port} not trusted: {_brief(exc.certificate_error)}", url=url
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ConnectError(f"cannot connect to {exc.host}:{exc.port}: {_brief(exc.os_error)}", url=url)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
