@@ -108,6 +108,10 @@ class Environment:
         bare, auth = _strip_credentials(proxy)
         return {"proxy": bare, "proxy_headers": {"Proxy-Authorization": auth}} if auth else {"proxy": bare}
 
+    @property
+    def has_netrc(self) -> bool:
+        return self._netrc is not None
+
     def authorization(self, host: str) -> str | None:
         """The Basic Authorization value that .netrc gives ``host``, if any."""
         entry = self._netrc.authenticators(host) if self._netrc is not None else None
@@ -300,19 +304,21 @@ def status_error(status: int, reason: str | None, headers: Mapping[str, str], ur
 
 def request_headers(
     request_url: str,
-    first_origin: tuple[str, str, int | None],
+    first_url: str,
     auth: str | None,
     user_headers: list[tuple[str, str]],
 ) -> dict[str, str]:
     """The headers for one hop of a request: the user's and the URL's credentials only at the origin
-    the user named (a redirect elsewhere drops them); .netrc credentials for the host they name."""
+    the user named (``first_url``'s; a redirect elsewhere drops them); .netrc credentials for the host
+    they name."""
     send: dict[str, str] = {}
-    if origin(request_url) == first_origin:
+    # The first hop (nearly every request) needs no parsing to know it is at the named origin.
+    if request_url == first_url or origin(request_url) == origin(first_url):
         if auth is not None:
             send["Authorization"] = auth
         for name, value in user_headers:
             send[name] = value
-    if not any(name.lower() == "authorization" for name in send):
+    if _environment.has_netrc and not any(name.lower() == "authorization" for name in send):
         from_netrc = _environment.authorization(urlsplit(request_url).hostname or "")
         if from_netrc is not None:
             send["Authorization"] = from_netrc
@@ -337,13 +343,13 @@ async def open_body(
     URL credentials go only to the origin of ``url``: a redirect to another origin drops them.
     """
     request_url, auth = _strip_credentials(url)
-    first_origin = origin(request_url)
+    first_url = request_url
     user_headers = list(headers)
     seen = {request_url}
     response: aiohttp.ClientResponse | None = None
     try:
         for _hop in range(MAX_REDIRECTS + 1):
-            send = request_headers(request_url, first_origin, auth, user_headers)
+            send = request_headers(request_url, first_url, auth, user_headers)
             # Ask for the bytes as served: a compressed body could not be resumed or checked.
             send["Accept-Encoding"] = "identity"
             if offset > 0 or end is not None:
@@ -577,7 +583,7 @@ async def send_upload(
     answer in the message); RedirectError; StorageError when the content cannot be read.
     """
     request_url, auth = _strip_credentials(url)
-    first_origin = origin(request_url)
+    first_url = request_url
     user_headers = [(n, v) for n, v in headers if n.lower() not in _FRAMING_HEADERS]
     if body.form_field is not None:
         # The multipart Content-Type carries the boundary: a user's Content-Type would break it.
@@ -588,7 +594,7 @@ async def send_upload(
     seen = {request_url}
     send_body = True
     for _hop in range(MAX_REDIRECTS + 1):
-        send = request_headers(request_url, first_origin, auth, user_headers)
+        send = request_headers(request_url, first_url, auth, user_headers)
         # An error answer is read as text: ask for it uncompressed.
         send["Accept-Encoding"] = "identity"
         payload: _StreamedBody | None = None
