@@ -448,3 +448,14 @@ def test_name_from_url_matches_urlsplit_on_odd_urls() -> None:
     for _ in range(20000):
         url = rng.choice(starts) + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         assert name_from_url(url) == by_urlsplit(url), repr(url)
+
+
+def test_registry_keeps_names_apart_across_its_table_growing() -> None:
+    from asyncdl._naming import NameRegistry
+
+    registry = NameRegistry()
+    directory = Path("/out")
+    # Past several doublings of the table: every first claim keeps its name, every second one is suffixed.
+    assert all(registry.claim(directory, f"f{i}.bin") == f"f{i}.bin" for i in range(5000))
+    assert all(registry.claim(directory, f"f{i}.bin") == f"f{i}.1.bin" for i in range(5000))
+    assert registry.claim(directory, "f0.1.bin") == "f0.1.1.bin"
