@@ -251,10 +251,12 @@ async def test_ctrl_c_on_the_driver_stops_the_workers_and_keeps_temporary_files(
         assert proc.returncode == 130, err
         assert stopped_in < 10, stopped_in
         assert "Traceback" not in err, err
-        # The summary counts the small file, and the bytes the workers had received when they stopped.
-        assert re.search(r"^1 ok, 0 skipped, 0 failed; 2\.0 MiB in [0-9.]+ s \(.*/s\)$", err, re.MULTILINE), (
-            err
-        )
+        # The summary has the bytes the workers had received when they stopped. The small file is
+        # counted when its shard's result reached the driver before the signal: the file being on disk
+        # (what the test waits for) does not say that it had, so both counts are right.
+        assert re.search(
+            r"^[01] ok, 0 skipped, 0 failed; 2\.0 MiB in [0-9.]+ s \(.*/s\)$", err, re.MULTILINE
+        ), err
         # Everything received before the signal is in the kept temporary files (flushed on cancel).
         for path, body in bodies.items():
             (part,) = out.glob(f".asyncdl-{path[1:]}-*.part")
