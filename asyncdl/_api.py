@@ -18,9 +18,10 @@ from ._models import BadEntry, Checksum, Request, Result
 from ._pool import bounded_map
 from ._progress import Progress
 from ._ratelimit import RateLimiter, parse_rate
-from ._ray import DEFAULT_SHARD_SIZE, RayCluster, WorkerConfig
+from ._ray import RayCluster
 from ._report import ReportWriter
 from ._retry import RetryPolicy
+from ._shards import DEFAULT_SHARD_SIZE, WorkerConfig
 
 RequestLike = str | Request
 DEFAULT_JOBS = 16

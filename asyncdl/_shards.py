@@ -1,0 +1,466 @@
+"""Runs of many processes: one driver hands out shards of planned downloads to long-lived workers.
+
+The driver side of a scale-out run, whatever carries the shards: Ray actors on a cluster
+(``_ray``) or worker processes on this machine (``_procs``). The worker side, DownloadWorker, is
+one downloader (session, -j pool, rate share) reused shard after shard. How a run goes::
+
+    requests (read lazily) -> plan names here, in input order -> shards of shard_size plans
+      -> at most IN_FLIGHT_PER_WORKER shards per worker at once (back-pressure: the input is
+         read only as fast as the workers finish shards)
+      -> DownloadWorker.run_shard -> one compact record per download
+      -> Results here, with ``worker`` and ``shard``; one Progress for the whole run
+
+Names known before the request (``out=``, the URL's last segment) are decided here with the run's
+NameRegistry, exactly as a local run decides them, so they are distinct across workers without any
+lock on the workers' side. Names decided on a worker (Content-Disposition) use the downloader's
+shared-destination mode: a commit that finds the name taken takes the next suffix, and the final
+name is recorded beside the temporary file (see ``Settings.shared_dest``).
+
+Faults: a shard whose worker died (process killed, node lost) is handed out again, to the restarted
+worker or another one; the plans are the same, so the same temporary files are resumed and complete
+targets skipped, and every download is reported exactly once (records come back per shard, and a
+failed shard returns none). Ctrl-C on the driver: each worker cancels its shards and returns once
+their downloads have ended (the bytes received so far flushed to the temporary files, kept for
+resume), then the workers are stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._download import Plan, Settings, plain_name, plan_download
+from ._exceptions import AsyncdlError, StorageError, UsageError
+from ._models import BadEntry, Request, Result, Status
+from ._naming import NameRegistry
+from ._pool import bounded_map
+from ._progress import ActiveDownload, Progress
+from ._urls import redact_url
+
+# Two shards per worker: while one drains its last slow downloads the next already fills the -j pool,
+# so a worker never idles between shards; more would only hold plans in memory.
+IN_FLIGHT_PER_WORKER = 2
+DEFAULT_SHARD_SIZE = 1000
+# A restarted worker takes the shards of its dead predecessor; a shard that killed its worker this
+# many times fails instead of taking the run down with it.
+WORKER_MAX_RESTARTS = 4
+MAX_SHARD_TRIES = 3
+ACTIVE_SHOWN_PER_WORKER = 12
+# On Ctrl-C, how long the workers get to close their temporary files before they are killed.
+CANCEL_GRACE_S = 3.0
+
+
+class WorkerLost(Exception):
+    """A worker died while it had this call (its process ended or its node was lost).
+
+    ``gone``: it will not come back (its restarts are used up); else a restarted worker takes calls.
+    """
+
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs to build its downloader (shipped once, when the actor starts)."""
+
+    cwd: str  # the driver's working directory: a relative dest means the same on every node
+    dest: str
+    jobs: int
+    connections: int
+    timeout: float | None
+    limit_rate: int | None  # this worker's share of the run's cap
+    settings: Settings
+
+
+# What crosses the wire, per shard rather than per URL (a list of millions is mostly plain URLs):
+#
+# driver -> worker, ShardSpec: (urls, names, extras). A plain request (only a URL, see
+#   plain_name) is its URL and the name planned for it in dest; anything else (out=, dir=,
+#   mirrors, checksum, headers, a bad entry) is sent as its whole Plan in ``extras``, by index
+#   (its urls/names entries are then "").
+# worker -> driver, ShardAnswer: (statuses, sizes, attempts, errors, paths, incarnation,
+#   bytes_done): one status letter per download ("o", "s", "f"), its bytes and attempts; the
+#   errors by index; the paths that differ from the planned target (a Content-Disposition name,
+#   or None), by index; who answered and its cumulative bytes.
+ShardSpec = tuple[list[str], list[str], dict[int, Plan]]
+ShardAnswer = tuple[str, list[int], list[int], dict[int, str], dict[int, str | None], str, int]
+ActiveRecord = tuple[str, str, int, int | None]
+
+_LETTER = {Status.OK: "o", Status.SKIPPED: "s", Status.FAILED: "f"}
+_STATUS = {letter: status for status, letter in _LETTER.items()}
+
+
+class DownloadWorker:
+    """One downloader (session, -j pool, rate share) reused for every shard it gets.
+
+    Its methods are coroutines: several shards share one event loop and one connection pool. Ray
+    makes it an async actor (``ray.remote(DownloadWorker)``); a worker process serves it over pipes.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from ._api import Downloader
+
+        with contextlib.suppress(OSError):  # a node without that directory: dest must be absolute
+            os.chdir(config.cwd)
+        self.config = config
+        self.progress = Progress()
+        self.downloader = Downloader(
+            config.dest,
+            jobs=config.jobs,
+            connections=config.connections,
+            timeout=config.timeout,
+            limit_rate=config.limit_rate,
+            progress=self.progress,
+            retry_policy=config.settings.retry,
+            overwrite=config.settings.overwrite,
+            headers=config.settings.headers,
+        )
+        # Other workers write into the same directory (see Settings.shared_dest).
+        self.downloader.settings = dataclasses.replace(config.settings, shared_dest=True)
+        self.incarnation = f"{os.getpid()}-{id(self)}"
+        self._shards: set[asyncio.Task[Any]] = set()  # the shards running now (close stops them)
+
+    async def run_shard(self, spec: ShardSpec) -> ShardAnswer:
+        """Download every request of the shard; compact results in shard order (see ShardSpec)."""
+        plans = self.plans(spec)
+        try:
+            await self.downloader.open()  # once: the session lives as long as the actor
+        except StorageError as exc:
+            # This node cannot write the output directory: its downloads fail, saying where.
+            error = f"{exc} (on node {socket.gethostname()})"
+            n = len(plans)
+            return "f" * n, [0] * n, [0] * n, dict.fromkeys(range(n), error), dict.fromkeys(range(n)), "", 0
+        results: list[Result | None] = [None] * len(plans)
+        task = asyncio.current_task()
+        if task is not None:
+            self._shards.add(task)
+            task.add_done_callback(self._shards.discard)
+
+        async def run(item: tuple[int, Plan]) -> None:
+            index, plan = item
+            results[index] = await self.downloader._run_plan(plan)
+
+        # The downloader's -j slots are shared by every shard this worker runs at once.
+        async with contextlib.aclosing(
+            bounded_map(enumerate(plans), _identity, run, workers=self.config.jobs)
+        ) as done:
+            async for _ in done:
+                pass
+        statuses: list[str] = []
+        sizes: list[int] = []
+        attempts: list[int] = []
+        errors: dict[int, str] = {}
+        paths: dict[int, str | None] = {}
+        for index, (plan, result) in enumerate(zip(plans, results, strict=True)):
+            assert result is not None
+            statuses.append(_LETTER[result.status])
+            sizes.append(result.bytes)
+            attempts.append(result.attempts)
+            if result.error is not None:
+                errors[index] = result.error
+            if result.path != planned_path(plan):
+                paths[index] = result.path
+        return "".join(statuses), sizes, attempts, errors, paths, self.incarnation, self.progress.bytes_done
+
+    def plans(self, spec: ShardSpec) -> list[Plan]:
+        """The Plans of a shard, rebuilt from what the driver sent."""
+        urls, names, extras = spec
+        dest = self.downloader.dest
+        plans: list[Plan] = []
+        for index, (url, name) in enumerate(zip(urls, names, strict=True)):
+            extra = extras.get(index) if extras else None
+            if extra is not None:
+                plans.append(extra)
+            else:
+                plans.append(Plan(Request(url), dest, name, False, f"{url}\n{name}"))
+        return plans
+
+    async def stats(self) -> tuple[str, int, list[ActiveRecord]]:
+        """For the live view: who am I, bytes received so far, some active downloads."""
+        active = sorted(self.progress.active.values(), key=lambda e: e.key)[:ACTIVE_SHOWN_PER_WORKER]
+        return (
+            self.incarnation,
+            self.progress.bytes_done,
+            [(e.url, e.name, e.done, e.total) for e in active],
+        )
+
+    async def pid(self) -> int:
+        """The worker's process id (tests kill it)."""
+        return os.getpid()
+
+    async def close(self) -> tuple[str, int]:
+        """Stop the shards under way and close the session; who am I and the bytes received.
+
+        Returns only when every running download has ended, so the bytes received so far are in
+        the temporary files (a cancelled download flushes its buffer) before the driver kills us.
+        """
+        running = [t for t in self._shards if t is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+        await self.downloader.aclose()
+        return self.incarnation, self.progress.bytes_done
+
+
+def _identity(item: tuple[int, Plan]) -> tuple[int, Plan]:
+    return item
+
+
+@dataclass
+class _Shard:
+    """A shard as the driver keeps it: what was sent, and the caller's items for the Results."""
+
+    number: int
+    items: list[Request | BadEntry]
+    spec: ShardSpec
+    tries: int = 0
+
+    def planned_path(self, index: int, prefix: str) -> str | None:
+        """The target planned for item ``index`` (``prefix``: dest with a separator)."""
+        extra = self.spec[2].get(index)
+        return prefix + self.spec[1][index] if extra is None else planned_path(extra)
+
+
+class ShardCluster:
+    """The driver side of a run on workers: owns them, hands out the shards, collects the Results.
+
+    Subclasses say how workers start and stop and how a call reaches one (``open``, ``aclose``,
+    ``_submit``, ``_stats``); a call to a worker that died fails with WorkerLost.
+    """
+
+    # How often the live view asks the workers for their bytes and active downloads.
+    poll_interval_s = 1.0
+
+    def __init__(self, *, shard_size: int, config: WorkerConfig, progress: Progress) -> None:
+        if shard_size < 1:
+            raise UsageError("shard_size must be at least 1")
+        self.shard_size = shard_size
+        self.config = config
+        self.progress = progress
+        self.worker_config = config  # what each worker got (its share of the rate cap)
+        self._dead: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        """How many workers the run has (dead ones included)."""
+        raise NotImplementedError
+
+    def _submit(self, worker: int, spec: ShardSpec) -> tuple[asyncio.Future[ShardAnswer], Any]:
+        """Send a shard to ``worker``: its answer, and a handle for ``_cancel_call``."""
+        raise NotImplementedError
+
+    def _cancel_call(self, handle: Any) -> None:
+        """Ask the worker to drop a call (best effort: aclose stops the rest)."""
+
+    def _stats(self, worker: int) -> Awaitable[tuple[str, int, list[ActiveRecord]]]:
+        raise NotImplementedError
+
+    def share(self, workers: int) -> WorkerConfig:
+        """The config each of ``workers`` workers gets: the rate cap is for the whole run."""
+        config = self.config
+        if config.limit_rate is not None:
+            config = dataclasses.replace(config, limit_rate=max(1, config.limit_rate // workers))
+        self.worker_config = config
+        return config
+
+    # --- the driver loop ---------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        requests: Iterable[str | Request | BadEntry] | AsyncIterable[str | Request | BadEntry],
+    ) -> AsyncGenerator[Result, None]:
+        """Run every request on the workers; yield results shard by shard as they come back."""
+        if not self.size:
+            raise RuntimeError("use 'async with Downloader(...)' before downloading")
+        dest = Path(self.config.dest)
+        prefix = str(dest / "x")[:-1]  # str(dest / name) for a plain name: dest and a separator
+        registry = NameRegistry()  # the run's names, decided here in input order
+        items = _aiter(requests)
+        exhausted = False
+        numbers = iter(range(1 << 62))
+        load = [0] * self.size
+        pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]] = {}
+        again: deque[_Shard] = deque()
+        last_death = ""
+        poller = asyncio.ensure_future(self._poll())
+        try:
+            while True:
+                while True:
+                    worker = self._free_worker(load)
+                    if worker is None:
+                        break
+                    if again:
+                        shard = again.popleft()
+                    elif not exhausted:
+                        shard = await _cut(items, self.shard_size, dest, registry, next(numbers))
+                        if not shard.items:
+                            exhausted = True
+                            continue
+                    else:
+                        break
+                    future, handle = self._submit(worker, shard.spec)
+                    pending[future] = (shard, worker, handle)
+                    load[worker] += 1
+                if not pending:
+                    if again:  # every worker is dead
+                        raise AsyncdlError(f"every worker died; the run cannot go on ({last_death})")
+                    return
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    shard, worker, _handle = pending.pop(future)
+                    load[worker] -= 1
+                    try:
+                        answer: ShardAnswer = future.result()
+                    except WorkerLost as exc:
+                        last_death = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        if exc.gone:
+                            self._dead.add(worker)
+                        shard.tries += 1
+                        if shard.tries < MAX_SHARD_TRIES:
+                            again.append(shard)
+                            continue
+                        for result in self._give_up(shard, worker, exc, prefix):
+                            self.progress.finish(None, result)
+                            yield result
+                        continue
+                    statuses, sizes, attempts, errors, paths, incarnation, bytes_done = answer
+                    self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=None)
+                    finish = self.progress.finish
+                    names = shard.spec[1]
+                    extras = shard.spec[2]
+                    number = shard.number
+                    for index, item in enumerate(shard.items):
+                        if index in paths:
+                            path = paths[index]
+                        elif index in extras:
+                            path = planned_path(extras[index])
+                        else:
+                            path = prefix + names[index]
+                        result = Result(
+                            redact_url(item.url),
+                            path,
+                            _STATUS[statuses[index]],
+                            sizes[index],
+                            attempts[index],
+                            errors.get(index),
+                            item if isinstance(item, Request) else None,
+                            worker,
+                            number,
+                        )
+                        finish(None, result)
+                        yield result
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            if pending:
+                await self._cancel(pending)
+            if hasattr(items, "aclose"):
+                await items.aclose()
+
+    def _free_worker(self, load: list[int]) -> int | None:
+        best: int | None = None
+        for worker, n in enumerate(load):
+            if worker in self._dead or n >= IN_FLIGHT_PER_WORKER:
+                continue
+            if best is None or n < load[best]:
+                best = worker
+        return best
+
+    def _give_up(self, shard: _Shard, worker: int, exc: BaseException, prefix: str) -> list[Result]:
+        error = f"a worker died {shard.tries} times while running this download's shard: {exc}"
+        return [
+            Result(
+                url=redact_url(item.url),
+                path=shard.planned_path(index, prefix),
+                status=Status.FAILED,
+                error=error.splitlines()[0],
+                request=item if isinstance(item, Request) else None,
+                worker=worker,
+                shard=shard.number,
+            )
+            for index, item in enumerate(shard.items)
+        ]
+
+    async def _cancel(self, pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]]) -> None:
+        """Cancel the shards under way and give the workers a moment to keep their temp files."""
+        for future, (_shard, _worker, handle) in pending.items():
+            with contextlib.suppress(Exception):
+                self._cancel_call(handle)
+            future.cancel()
+        await asyncio.wait(list(pending), timeout=CANCEL_GRACE_S)
+        pending.clear()
+
+    async def _poll(self) -> None:
+        """Mirror the workers' bytes and active downloads into the run's Progress, now and then."""
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            calls = [(worker, self._stats(worker)) for worker in range(self.size) if worker not in self._dead]
+            for worker, call in calls:
+                try:
+                    incarnation, bytes_done, active = await asyncio.wait_for(call, self.poll_interval_s)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: S112 - a dead or busy worker: its shard's result will say
+                    continue
+                entries = [ActiveDownload(-1, url, name, done, total) for url, name, done, total in active]
+                self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=entries)
+
+    def _take_final(self, worker: int, answer: object) -> None:
+        """A worker's answer to close(): its final byte count, for the summary."""
+        if isinstance(answer, tuple):
+            incarnation, bytes_done = answer
+            self.progress.mirror((worker, incarnation), bytes_done=bytes_done)
+
+
+def _aiter(
+    items: Iterable[str | Request | BadEntry] | AsyncIterable[str | Request | BadEntry],
+) -> AsyncIterator[str | Request | BadEntry]:
+    if isinstance(items, AsyncIterable):
+        return aiter(items)
+
+    async def from_sync() -> AsyncIterator[str | Request | BadEntry]:
+        for item in items:
+            yield item
+
+    return from_sync()
+
+
+async def _cut(
+    items: AsyncIterator[str | Request | BadEntry], size: int, dest: Path, registry: NameRegistry, number: int
+) -> _Shard:
+    """The next shard: up to ``size`` items, planned in input order (names decided here)."""
+    requests: list[Request | BadEntry] = []
+    urls: list[str] = []
+    names: list[str] = []
+    extras: dict[int, Plan] = {}
+    async for item in items:
+        request = item if isinstance(item, BadEntry) else Request.coerce(item)
+        name = None if isinstance(request, BadEntry) else plain_name(request, dest, registry)
+        if name is None:
+            extras[len(requests)] = plan_download(request, dest, registry)
+            urls.append("")
+            names.append("")
+        else:
+            urls.append(request.url)
+            names.append(name)
+        requests.append(request)
+        if len(requests) >= size:
+            break
+    return _Shard(number, requests, (urls, names, extras))
+
+
+def planned_path(plan: Plan) -> str | None:
+    """The path a Result of ``plan`` has unless the download renamed it (None: a bad entry)."""
+    return str(plan.target) if plan.request is not None and plan.failure is None else None
