@@ -16,12 +16,14 @@ from ._files import ensure_dir
 from ._http import make_session
 from ._models import BadEntry, Checksum, Request, Result
 from ._pool import bounded_map
+from ._procs import DEFAULT_SHARD_SIZE as DEFAULT_LOCAL_SHARD_SIZE
+from ._procs import ProcessCluster
 from ._progress import Progress
 from ._ratelimit import RateLimiter, parse_rate
 from ._ray import RayCluster
 from ._report import ReportWriter
 from ._retry import RetryPolicy
-from ._shards import DEFAULT_SHARD_SIZE, WorkerConfig
+from ._shards import DEFAULT_SHARD_SIZE, ShardCluster, WorkerConfig
 
 RequestLike = str | Request
 DEFAULT_JOBS = 16
@@ -60,6 +62,11 @@ class Downloader:
     each a downloader with its own ``jobs`` pool, handed ``shard_size`` requests at a time; the
     ``limit_rate`` cap is shared evenly between them. ``dest`` must be at the same path on every
     node. Needs ``pip install 'asyncdl[ray]'``.
+
+    Several cores of this machine: ``processes=N`` runs the downloads in N worker processes, each a
+    downloader with its own ``jobs`` pool, handed ``shard_size`` requests at a time (default 100);
+    this process reads the input, decides the names and keeps the progress and the report. It pays
+    off for lists of many small files, where one event loop keeps one core busy.
     """
 
     def __init__(
@@ -77,7 +84,8 @@ class Downloader:
         retry_policy: RetryPolicy | None = None,
         ray: str | None = None,
         workers: int | None = None,
-        shard_size: int = DEFAULT_SHARD_SIZE,
+        shard_size: int | None = None,
+        processes: int | None = None,
         report: str | Path | None = None,
     ) -> None:
         if jobs < 1:
@@ -106,23 +114,38 @@ class Downloader:
         self._slots = asyncio.Semaphore(jobs)
         self._report_path = report
         self._report: ReportWriter | None = None
-        self._cluster: RayCluster | None = None
+        self._cluster: ShardCluster | None = None
+        config = WorkerConfig(
+            # Relative paths mean the same on every node: workers start in this directory.
+            cwd=os.getcwd(),
+            dest=str(self.dest),
+            jobs=jobs,
+            connections=connections,
+            timeout=timeout,
+            limit_rate=rate,
+            settings=self.settings,
+        )
         if ray is not None:
-            config = WorkerConfig(
-                # Relative paths mean the same on every node: workers start in this directory.
-                cwd=os.getcwd(),
-                dest=str(self.dest),
-                jobs=jobs,
-                connections=connections,
-                timeout=timeout,
-                limit_rate=rate,
-                settings=self.settings,
-            )
+            if processes is not None:
+                raise UsageError("processes and ray cannot be used together (--processes, --ray)")
             self._cluster = RayCluster(
-                ray, workers=workers, shard_size=shard_size, config=config, progress=self.progress
+                ray,
+                workers=workers,
+                shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
+                config=config,
+                progress=self.progress,
             )
-        elif workers is not None or shard_size != DEFAULT_SHARD_SIZE:
-            raise UsageError("workers and shard_size need ray (--ray)")
+        elif workers is not None:
+            raise UsageError("workers needs ray (--ray)")
+        elif processes is not None:
+            self._cluster = ProcessCluster(
+                processes,
+                shard_size=DEFAULT_LOCAL_SHARD_SIZE if shard_size is None else shard_size,
+                config=config,
+                progress=self.progress,
+            )
+        elif shard_size is not None:
+            raise UsageError("shard_size needs ray or processes (--ray, --processes)")
 
     async def __aenter__(self) -> Downloader:
         await self.open()
@@ -201,15 +224,15 @@ class Downloader:
             async with contextlib.aclosing(self._cluster.stream([request])) as results:
                 async for result in results:
                     return self._record(result)
-            raise AssertionError("a Ray run of one request gave no result")
+            raise AssertionError("a run of one request on workers gave no result")
         engine = self._require_engine()
         return self._record(await self._run_plan(engine.plan(request)))
 
-    async def _run_plan(self, plan: Plan) -> Result:
-        """Run one download planned elsewhere (a Ray worker runs the driver's plans this way)."""
+    async def _run_plan(self, plan: Plan, *, recheck: bool = False) -> Result:
+        """Run one download planned elsewhere (a worker runs the driver's plans this way)."""
         engine = self._require_engine()
         async with self._slots:
-            return await engine.run(plan)
+            return await engine.run(plan, recheck=recheck)
 
     async def stream(
         self, requests: Iterable[RequestLike | BadEntry] | AsyncIterable[RequestLike | BadEntry]
@@ -217,7 +240,7 @@ class Downloader:
         """Download every item with ``jobs`` at once; yield results as they finish.
 
         The input is read lazily, one item per free worker, so a list of millions needs no more
-        memory than a list of ten. On Ray, results come back a shard at a time.
+        memory than a list of ten. On Ray or worker processes, results come back a shard at a time.
         """
         if self._cluster is not None:
             async with contextlib.aclosing(self._cluster.stream(requests)) as cluster_results:

@@ -60,6 +60,13 @@ def download_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="download again and replace existing targets"
     )
     add_transfer_options(parser, retries=DEFAULT_RETRIES, timeout_s=DEFAULT_TIMEOUT_S, what="a download")
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        metavar="N",
+        help="download in N worker processes on this machine, each with its own -j pool "
+        "(uses N cores: pays off for many small files)",
+    )
     ray = parser.add_argument_group("scale-out on a Ray cluster (pip install 'asyncdl[ray]')")
     ray.add_argument(
         "--ray", metavar="ADDRESS", help="run on Ray: 'auto' (running cluster), 'ray://HOST:PORT', 'local'"
@@ -68,7 +75,10 @@ def download_parser() -> argparse.ArgumentParser:
         "--workers", type=positive_int, metavar="N", help="download workers (default: one per node)"
     )
     ray.add_argument(
-        "--shard-size", type=positive_int, metavar="N", help="URLs a worker gets at a time (default 1000)"
+        "--shard-size",
+        type=positive_int,
+        metavar="N",
+        help="URLs a worker gets at a time (default 1000 on Ray, 100 with --processes)",
     )
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     return parser
@@ -194,7 +204,7 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
         overwrite=args.overwrite,
         progress=progress,
         report=args.report,
-        **_ray_options(args),
+        **_worker_options(args),
     )
     downloader.open_report()  # an unwritable report is a usage error before anything starts
 
@@ -235,15 +245,19 @@ def _count_in_background(sources: list[_Source], progress: Progress) -> None:
 _NOT_A_DOWNLOAD = frozenset(" \t#\r\n")
 
 
-def _ray_options(args: argparse.Namespace) -> dict[str, Any]:
+def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a run on workers: Ray actors (--ray) or processes on this machine (--processes)."""
+    if args.ray is not None and args.processes is not None:
+        raise UsageError("--processes and --ray cannot be used together")
     if args.ray is None:
-        if args.workers is not None or args.shard_size is not None:
-            raise UsageError("--workers and --shard-size need --ray")
-        return {}
-    options: dict[str, Any] = {"ray": args.ray, "workers": args.workers}
-    if args.shard_size is not None:
-        options["shard_size"] = args.shard_size
-    return options
+        if args.workers is not None:
+            raise UsageError("--workers needs --ray (on this machine: --processes N)")
+        if args.processes is None:
+            if args.shard_size is not None:
+                raise UsageError("--shard-size needs --ray or --processes")
+            return {}
+        return {"processes": args.processes, "shard_size": args.shard_size}
+    return {"ray": args.ray, "workers": args.workers, "shard_size": args.shard_size}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from ._files import (
     TempFile,
     hash_prefix,
     load_final_name,
+    name_record_path,
     save_final_name,
     size_of,
 )
@@ -160,14 +161,21 @@ class Engine:
     def plan(self, item: Request | BadEntry) -> Plan:
         return plan_download(item, self.settings.dest, self.registry)
 
-    async def exists(self, directory: Path, name: str) -> bool:
-        """Whether ``directory / name`` exists (from the listing, unless others write there too)."""
-        if self.settings.shared_dest:
+    async def exists(self, directory: Path, name: str, *, exact: bool = False) -> bool:
+        """Whether ``directory / name`` exists: from the run's listing, or asked of the disk (exact).
+
+        The listing is right for the names the run decided itself (kept distinct by one registry),
+        even when other workers write into the same directory (Settings.shared_dest); a name that
+        another process may have created since the listing was taken must be looked up exactly.
+        """
+        if exact:
             return await size_of(directory / name) is not None
         return await self.index.exists(directory, name)
 
     # --- running ---
-    async def run(self, plan: Plan) -> Result:
+    async def run(self, plan: Plan, *, recheck: bool = False) -> Result:
+        """Download ``plan``. ``recheck``: ask the disk, not the listing, what is there already
+        (another process may have worked on this very download during the run: a retried shard)."""
         request = plan.request
         if plan.failure is not None or request is None:
             result = Result(
@@ -180,7 +188,7 @@ class Engine:
             self.progress.finish(None, result)
             return result
         if not self.settings.overwrite:
-            done = await self._complete_target(plan)
+            done = await self._complete_target(plan, recheck)
             if done is not None:
                 result = Result(
                     redact_url(request.url),
@@ -194,7 +202,7 @@ class Engine:
                 self.progress.finish(None, result)
                 return result
         key = self.progress.start(redact_url(request.url), plan.name)
-        job = _Job(self, plan, key)
+        job = _Job(self, plan, key, recheck)
         try:
             result = await job.run()
         except BaseException:
@@ -203,14 +211,18 @@ class Engine:
         self.progress.finish(key, result)
         return result
 
-    async def _complete_target(self, plan: Plan) -> Path | None:
+    async def _complete_target(self, plan: Plan, recheck: bool) -> Path | None:
         """The target already on disk for ``plan`` (None: it must be downloaded)."""
         if self.settings.shared_dest:
-            # A name decided on a worker (Content-Disposition) was recorded when it was committed.
-            recorded = await load_final_name(plan.temp_path)
-            if recorded is not None and await self.exists(plan.directory, recorded):
-                return plan.directory / recorded
-        return plan.target if await self.exists(plan.directory, plan.name) else None
+            # A name decided on a worker (Content-Disposition) was recorded when it was committed;
+            # the listing says whether there is a record to read (no thread hop when there is none).
+            record = name_record_path(plan.temp_path)
+            if await self.exists(record.parent, record.name, exact=recheck):
+                recorded = await load_final_name(plan.temp_path)
+                # Another worker may have taken that name since: ask the disk.
+                if recorded is not None and await self.exists(plan.directory, recorded, exact=True):
+                    return plan.directory / recorded
+        return plan.target if await self.exists(plan.directory, plan.name, exact=recheck) else None
 
 
 class _OneStream(Exception):
@@ -224,9 +236,10 @@ class _Skip(Exception):
 class _Job:
     """The state of one download across its attempts."""
 
-    def __init__(self, engine: Engine, plan: Plan, key: int) -> None:
+    def __init__(self, engine: Engine, plan: Plan, key: int, recheck: bool = False) -> None:
         assert plan.request is not None
         self.engine = engine
+        self.recheck = recheck  # what is on disk must be asked of the disk (see Engine.run)
         self.plan = plan
         self.request: Request = plan.request
         self.key = key
@@ -283,7 +296,8 @@ class _Job:
 
     async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None, PieceMap | None]:
         """What is on disk: (state, offset to resume at, validator, the pieces of a segmented file)."""
-        if self.attempts == 1 and not await self.engine.exists(self.temp.path.parent, self.temp.path.name):
+        temp = self.temp.path
+        if self.attempts == 1 and not await self.engine.exists(temp.parent, temp.name, exact=self.recheck):
             return None, 0, None, None  # no earlier run left a partial file (known without a thread hop)
         state = await self.temp.inspect()
         if state is None or state.size == 0 or state.meta is None:
@@ -499,11 +513,15 @@ class _Job:
             # request (or may be replaced with --overwrite): a file there now is another download's.
             mine = await load_final_name(self.temp.path) if self.engine.settings.overwrite else None
             directory = self.plan.directory
-            while self.target.name != mine and await self.engine.exists(directory, self.target.name):
+            while self.target.name != mine and await self.engine.exists(
+                directory, self.target.name, exact=True
+            ):
                 self.target = self.plan.directory / registry.claim(self.plan.directory, name)
         self.engine.progress.rename(self.key, self.target.name)
+        # A name from the server may be one that another worker created since the listing.
+        exact = self.engine.settings.shared_dest
         if not self.engine.settings.overwrite and await self.engine.exists(
-            self.target.parent, self.target.name
+            self.target.parent, self.target.name, exact=exact
         ):
             raise _Skip()
 

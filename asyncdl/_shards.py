@@ -84,15 +84,16 @@ class WorkerConfig:
 
 # What crosses the wire, per shard rather than per URL (a list of millions is mostly plain URLs):
 #
-# driver -> worker, ShardSpec: (urls, names, extras). A plain request (only a URL, see
+# driver -> worker, ShardSpec: (urls, names, extras, tries). A plain request (only a URL, see
 #   plain_name) is its URL and the name planned for it in dest; anything else (out=, dir=,
 #   mirrors, checksum, headers, a bad entry) is sent as its whole Plan in ``extras``, by index
-#   (its urls/names entries are then "").
+#   (its urls/names entries are then ""). ``tries``: how many times the shard was handed out
+#   before (a worker died with it); a retried shard asks the disk what its dead worker left.
 # worker -> driver, ShardAnswer: (statuses, sizes, attempts, errors, paths, incarnation,
 #   bytes_done): one status letter per download ("o", "s", "f"), its bytes and attempts; the
 #   errors by index; the paths that differ from the planned target (a Content-Disposition name,
 #   or None), by index; who answered and its cumulative bytes.
-ShardSpec = tuple[list[str], list[str], dict[int, Plan]]
+ShardSpec = tuple[list[str], list[str], dict[int, Plan], int]
 ShardAnswer = tuple[str, list[int], list[int], dict[int, str], dict[int, str | None], str, int]
 ActiveRecord = tuple[str, str, int, int | None]
 
@@ -146,9 +147,14 @@ class DownloadWorker:
             self._shards.add(task)
             task.add_done_callback(self._shards.discard)
 
+        # A first try answers "is it there already?" from the directory listing, as a local run
+        # does (the names are the driver's, distinct); a retried shard's dead worker may have
+        # written its files since the listing was taken.
+        recheck = spec[3] > 0
+
         async def run(item: tuple[int, Plan]) -> None:
             index, plan = item
-            results[index] = await self.downloader._run_plan(plan)
+            results[index] = await self.downloader._run_plan(plan, recheck=recheck)
 
         # The downloader's -j slots are shared by every shard this worker runs at once.
         async with contextlib.aclosing(
@@ -174,7 +180,7 @@ class DownloadWorker:
 
     def plans(self, spec: ShardSpec) -> list[Plan]:
         """The Plans of a shard, rebuilt from what the driver sent."""
-        urls, names, extras = spec
+        urls, names, extras, _tries = spec
         dest = self.downloader.dest
         plans: list[Plan] = []
         for index, (url, name) in enumerate(zip(urls, names, strict=True)):
@@ -250,6 +256,14 @@ class ShardCluster:
         self.progress = progress
         self.worker_config = config  # what each worker got (its share of the rate cap)
         self._dead: set[int] = set()
+
+    async def open(self) -> None:
+        """Start the workers."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Stop the workers (each keeps its temporary files). Safe to call twice."""
+        raise NotImplementedError
 
     @property
     def size(self) -> int:
@@ -328,6 +342,7 @@ class ShardCluster:
                             self._dead.add(worker)
                         shard.tries += 1
                         if shard.tries < MAX_SHARD_TRIES:
+                            shard.spec = (*shard.spec[:3], shard.tries)
                             again.append(shard)
                             continue
                         for result in self._give_up(shard, worker, exc, prefix):
@@ -458,7 +473,7 @@ async def _cut(
         requests.append(request)
         if len(requests) >= size:
             break
-    return _Shard(number, requests, (urls, names, extras))
+    return _Shard(number, requests, (urls, names, extras, 0))
 
 
 def planned_path(plan: Plan) -> str | None:

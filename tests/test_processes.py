@@ -1,0 +1,304 @@
+"""Worker processes on this machine (--processes N): the shard driver of a Ray run, without Ray.
+
+Real worker processes (``python -c 'from asyncdl._procs import worker_main; ...'``), real servers on
+127.0.0.1: the batch is byte-exact, names stay distinct across workers, a killed worker loses
+nothing, Ctrl-C and a killed driver leave no worker behind and keep the temporary files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from faultserver import FaultServer
+from httpserver import FileServer
+
+from asyncdl import Downloader, RetryPolicy, Status, UsageError, download_many
+from asyncdl._procs import ProcessCluster
+
+FAST_RETRY = RetryPolicy(retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
+pytestmark = pytest.mark.timeout(60)
+
+
+def visible(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".asyncdl"))
+
+
+def cluster_of(dl: Downloader) -> ProcessCluster:
+    cluster = dl._cluster
+    assert isinstance(cluster, ProcessCluster)
+    return cluster
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes started by ``parent`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().split(") ", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"asyncdl._procs" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+async def wait_until(
+    condition: Callable[[], bool], what: str, proc: asyncio.subprocess.Process | None = None
+) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if proc is not None and proc.returncode is not None:
+            _out, err = await proc.communicate()
+            raise AssertionError(f"asyncdl ended before {what}: {err.decode(errors='replace')}")
+        assert time.monotonic() < deadline, f"{what}: not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_batch_is_byte_exact_with_names_distinct_across_workers(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    bodies = {f"/f{i}.bin": os.urandom(500 * i + 1) for i in range(12)}
+    # The same last segment in three shards: named in input order, as in a local run.
+    same = {f"/{d}/data.bin": os.urandom(100 + i) for i, d in enumerate("abc")}
+    # The same Content-Disposition name from six URLs: decided on the workers, never clobbered.
+    disposed = {f"/cd/{i}": os.urandom(200 + i) for i in range(6)}
+    for path, body in {**bodies, **same}.items():
+        file_server.add(path, body)
+    for path, body in disposed.items():
+        file_server.add(path, body, headers={"Content-Disposition": 'attachment; filename="report.pdf"'})
+    urls = [file_server.url(p) for p in [*bodies, *same, *disposed]]
+
+    results = await download_many(urls, tmp_path, processes=2, shard_size=3, jobs=4, retry_policy=FAST_RETRY)
+
+    assert [r.url for r in results] == urls  # input order, each URL once
+    assert all(r.status is Status.OK for r in results), [r.error for r in results]
+    for path, body in bodies.items():
+        assert (tmp_path / path.rsplit("/", 1)[1]).read_bytes() == body
+    assert [(tmp_path / n).read_bytes() for n in ("data.bin", "data.1.bin", "data.2.bin")] == list(
+        same.values()
+    )
+    cd_paths = [r.path for r in results[-6:]]
+    assert sorted(Path(p).read_bytes() for p in cd_paths if p) == sorted(disposed.values())
+    assert sorted(Path(p).name for p in cd_paths if p) == sorted(
+        ["report.pdf", *(f"report.{i}.pdf" for i in range(1, 6))]
+    )
+    assert {r.worker for r in results} == {0, 1}  # both workers took shards
+    assert sorted({r.shard for r in results}) == list(range(7))  # 21 URLs in shards of 3
+    assert len(visible(tmp_path)) == 21
+
+    # A re-run finds everything complete: no request at all, not even for the names the server gave.
+    before = len(file_server.requests)
+    again = await download_many(urls, tmp_path, processes=2, shard_size=3)
+    assert len(file_server.requests) == before
+    assert [r.status for r in again] == [Status.SKIPPED] * len(urls)
+    assert [r.path for r in again] == [r.path for r in results]
+
+
+async def test_progress_counts_the_workers_bytes(file_server: FileServer, tmp_path: Path) -> None:
+    for i in range(5):
+        file_server.add(f"/p{i}", b"x" * 1000)
+    async with Downloader(tmp_path, processes=2, shard_size=2) as dl:
+        results = [r async for r in dl.stream(file_server.url(f"/p{i}") for i in range(5))]
+        snapshot = dl.progress.snapshot()
+    assert [r.status for r in results] == [Status.OK] * 5
+    assert snapshot.ok == 5
+    assert snapshot.bytes_done == 5000
+
+
+async def test_a_killed_worker_process_loses_nothing(fault_server: FaultServer, tmp_path: Path) -> None:
+    big = os.urandom(3 * 1024 * 1024)  # more than a write buffer: part of it reaches the disk
+    fault_server.route("/big.bin", body=big, rate=1024 * 1024)  # about 3 s
+    small = {f"/s{i}.txt": f"small {i}".encode() for i in range(7)}
+    for path, body in small.items():
+        fault_server.route(path, body=body)
+    # Shard 0 (worker 0): three small files, then the big one; shard 1 (worker 1): the rest.
+    paths = [*list(small)[:3], "/big.bin", *list(small)[3:]]
+    urls = [fault_server.url(p) for p in paths]
+    records = []
+
+    async with Downloader(tmp_path, processes=2, shard_size=4, retry_policy=FAST_RETRY) as dl:
+        pids = await cluster_of(dl).pids()
+        killer = asyncio.ensure_future(_kill_when_partial(tmp_path, pids[0]))
+        async for result in dl.stream(urls):
+            records.append(result)
+        await killer
+        after = await cluster_of(dl).pids()
+
+    assert after[0] != pids[0] and after[1] == pids[1]  # worker 0 was started again
+    assert sorted(r.url for r in records) == sorted(urls)  # each URL exactly once
+    assert all(r.ok for r in records), [r.error for r in records]
+    assert (tmp_path / "big.bin").read_bytes() == big
+    for path, body in small.items():
+        assert (tmp_path / path[1:]).read_bytes() == body
+    # The big file was resumed from the bytes the dead worker had written, not fetched again whole;
+    # the small files its shard had finished were not fetched again.
+    ranges = [r.header("Range") for r in fault_server.requests_for("/big.bin")]
+    assert ranges[0] is None
+    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges[1:]), ranges
+    assert [len(fault_server.requests_for(p)) for p in small] == [1] * 7
+    assert [r for r in visible(tmp_path) if r.endswith(".part")] == []
+    assert not any(alive(pid) for pid in after)  # the run's end stopped them
+
+
+async def _kill_when_partial(directory: Path, pid: int) -> None:
+    """Kill the worker process once its partial file holds data on disk."""
+    for _ in range(1000):
+        parts = [p for p in directory.glob(".asyncdl-big.bin-*.part") if p.stat().st_size > 0]
+        if parts:
+            os.kill(pid, signal.SIGKILL)
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the big download never reached the disk")
+
+
+async def test_limit_rate_is_split_between_workers(file_server: FileServer, tmp_path: Path) -> None:
+    async with Downloader(tmp_path, processes=2, limit_rate="1M") as dl:
+        (result,) = [r async for r in dl.stream([file_server.url("/missing")])]
+        assert cluster_of(dl).worker_config.limit_rate == 512 * 1024  # the run's cap, shared evenly
+    assert result.status is Status.FAILED and "404" in (result.error or "")
+
+
+def test_processes_and_ray_together_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="processes"):
+        Downloader(tmp_path, processes=2, ray="local")
+    with pytest.raises(UsageError, match="at least 1"):
+        Downloader(tmp_path, processes=0)
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "asyncdl", *args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=50)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "2", "--ray", "local"], "--processes and --ray"),
+        (["--shard-size", "5"], "--shard-size needs --ray or --processes"),
+        (["--workers", "2"], "--workers needs --ray"),
+        (["--processes", "0"], "--processes"),
+    ],
+)
+async def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    code, _out, err = await run_cli("http://127.0.0.1:9/x", "-d", str(tmp_path), *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+async def test_cli_end_to_end_with_a_report(file_server: FileServer, tmp_path: Path) -> None:
+    for i in range(6):
+        file_server.add(f"/d{i}.txt", f"file {i}".encode())
+    url_list = tmp_path / "urls.txt"
+    lines = [file_server.url(f"/d{i}.txt") for i in range(6)]
+    url_list.write_text(
+        "\n".join([*lines[:2], "  out=renamed.txt", *lines[2:], file_server.url("/missing")]) + "\n"
+    )
+    out_dir = tmp_path / "out"
+    report = tmp_path / "report.jsonl"
+
+    code, _out, err = await run_cli(
+        str(url_list),
+        "-d",
+        str(out_dir),
+        "--processes",
+        "2",
+        "--shard-size",
+        "2",
+        "-q",
+        "--report",
+        str(report),
+    )
+
+    assert code == 1, err
+    assert (out_dir / "renamed.txt").read_bytes() == b"file 1"
+    assert visible(out_dir) == ["d0.txt", "d2.txt", "d3.txt", "d4.txt", "d5.txt", "renamed.txt"]
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    assert sorted(r["status"] for r in records) == ["failed", *["ok"] * 6]
+    assert {r["worker"] for r in records} == {0, 1}
+    assert sorted({r["shard"] for r in records}) == [0, 1, 2, 3]
+    assert "404" in err
+    assert re.search(r"^6 ok, 0 skipped, 1 failed; 36 B in ", err, re.MULTILINE), err
+
+    # A re-run asks nothing of the server for the complete files.
+    before = len(file_server.requests)
+    code, _out, err = await run_cli(str(url_list), "-d", str(out_dir), "--processes", "2", "-q")
+    assert code == 1
+    assert [r.path for r in file_server.requests[before:]] == ["/missing"]
+    assert re.search(r"^0 ok, 6 skipped, 1 failed", err, re.MULTILINE), err
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+async def test_stopping_the_driver_stops_the_workers_and_keeps_temporary_files(
+    tmp_path: Path, how: str
+) -> None:
+    stalled_at = 1024 * 1024 + 4096  # more than a write buffer: part of it is on disk before the signal
+    bodies = {f"/big{i}.bin": os.urandom(3 * 1024 * 1024) for i in range(2)}
+    async with FaultServer() as server:
+        for path, body in bodies.items():
+            server.route(path, body=body, stall_after=stalled_at)
+        url_list = tmp_path / "urls.txt"
+        url_list.write_text("".join(f"{server.url(p)}\n" for p in bodies))
+        out = tmp_path / "out"
+        # Shards of one URL: each worker stalls on one big file.
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "asyncdl", str(url_list), "-d", str(out)),
+            *("--processes", "2", "--shard-size", "1"),
+            cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+        def partials() -> dict[str, int]:
+            found = {p: q for p in bodies for q in out.glob(f".asyncdl-{p[1:]}-*.part")}
+            return {p: q.stat().st_size for p, q in found.items()}
+
+        await wait_until(lambda: len(worker_pids(proc.pid)) == 2, "the workers", proc)
+        workers = worker_pids(proc.pid)
+        await wait_until(lambda: len(partials()) == 2 and all(partials().values()), "bytes on disk", proc)
+
+        proc.send_signal(getattr(signal, how))
+        sent_at = time.monotonic()
+        _out, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+        err = err_bytes.decode(errors="replace")
+        if how == "SIGINT":
+            assert proc.returncode == 130, err
+            assert time.monotonic() - sent_at < 10
+            assert "Traceback" not in err, err
+            assert re.search(r"^0 ok, 0 skipped, 0 failed; 2\.0 MiB in ", err, re.MULTILINE), err
+        # The workers stop by themselves: told to by the driver, or when it is gone (end of input).
+        await wait_until(lambda: not any(alive(pid) for pid in workers), "the workers' end")
+        for path, body in bodies.items():
+            (part,) = out.glob(f".asyncdl-{path[1:]}-*.part")
+            assert part.read_bytes() == body[:stalled_at], path
+            assert not (out / path[1:]).exists()
