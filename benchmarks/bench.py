@@ -62,8 +62,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = REPO_ROOT / "benchmarks" / "results" / "latest.json"
 TIME_BIN = "/usr/bin/time"
 TIME_FORMAT = "%e %U %S %M"
-ALL_TOOLS = ("asyncdl", "curl", "wget", "aria2c", "axel")
+ALL_TOOLS = ("asyncdl", "asyncdl-2p", "curl", "wget", "aria2c", "axel")
 SINGLE_FILE_ONLY_TOOLS = frozenset({"axel"})
+# asyncdl with --processes 2: two worker processes (this machine's two cores) share the list.
+LIST_ONLY_TOOLS = frozenset({"asyncdl-2p"})
+LOCAL_PROCESSES = 2
 PARALLEL_JOBS = 16
 SEGMENT_CONNECTIONS = 16
 THROTTLE_RATE = "8m"  # nginx units: 8 MiB/s per connection
@@ -537,10 +540,12 @@ def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -
     """The command line that downloads `dataset` into `out_dir` with `tool`."""
     w = dataset.workload
     url_list = str(dataset.url_list)
-    if tool == "asyncdl":
+    if tool in ("asyncdl", "asyncdl-2p"):
         cmd = [setup.python, "-m", "asyncdl", url_list, "-d", str(out_dir), "-j", str(PARALLEL_JOBS), "-q"]
         if w.segmented:
             cmd += ["-x", str(SEGMENT_CONNECTIONS)]
+        if tool == "asyncdl-2p":
+            cmd += ["--processes", str(LOCAL_PROCESSES)]
         return [*cmd, *setup.asyncdl_args]
     if tool == "curl":
         if w.single:
@@ -737,7 +742,7 @@ def smoke_test_asyncdl(setup: ToolSetup, env: dict[str, str], scratch: Path, bas
 
 
 def tool_version(tool: str, python: str, env: dict[str, str], cwd: Path) -> str:
-    if tool == "asyncdl":
+    if tool.startswith("asyncdl"):
         cmd = [python, "-c", "import asyncdl; print(getattr(asyncdl, '__version__', '?'))"]
     else:
         cmd = [tool, "--version"]
@@ -834,24 +839,23 @@ def markdown_table(result: WorkloadResult, work_dir: str) -> str:
         f"Output on: {result.file_system}.",
         "",
         f"| tool | ok runs | wall s, median (min-max) | {w.rate_unit} | CPU s (user+sys) | peak RSS MiB "
-        "| peer / asyncdl wall |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| peer / asyncdl wall | peer / asyncdl-2p wall |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    asyncdl_2p = result.summary("asyncdl-2p")
     for tool in tools:
         s = result.summary(tool)
         total = sum(run.tool == tool for run in result.runs)
         if s is None:
-            lines.append(f"| {tool} | 0/{total} | FAILED | | | | |")
+            lines.append(f"| {tool} | 0/{total} | FAILED | | | | | |")
             continue
-        if tool == "asyncdl" or asyncdl is None:
-            ratio = "—"
-        else:
-            ratio = f"{s['wall_median_s'] / asyncdl['wall_median_s']:.2f}"
+        ratio = _ratio(s, asyncdl, tool == "asyncdl")
+        ratio_2p = _ratio(s, asyncdl_2p, tool == "asyncdl-2p")
         rss = "?" if s["peak_rss_median_mib"] is None else f"{s['peak_rss_median_mib']:.0f}"
         lines.append(
             f"| {tool} | {s['runs_ok']}/{total} "
             f"| {s['wall_median_s']:.2f} ({s['wall_min_s']:.2f}-{s['wall_max_s']:.2f}) "
-            f"| {_format_rate(s['throughput'])} | {s['cpu_median_s']:.2f} | {rss} | {ratio} |"
+            f"| {_format_rate(s['throughput'])} | {s['cpu_median_s']:.2f} | {rss} | {ratio} | {ratio_2p} |"
         )
     lines.append("")
     if result.fs_floor_files_per_s is not None:
@@ -865,6 +869,12 @@ def markdown_table(result: WorkloadResult, work_dir: str) -> str:
     lines.extend(result.notes)
     lines.append("Commands: " + "; ".join(f"`{_shorten(cmd, work_dir)}`" for cmd in result.commands.values()))
     return "\n".join(lines) + "\n"
+
+
+def _ratio(peer: dict[str, Any], base: dict[str, Any] | None, same: bool) -> str:
+    if same or base is None:
+        return "—"
+    return f"{peer['wall_median_s'] / base['wall_median_s']:.2f}"
 
 
 def _format_rate(value: float) -> str:
@@ -960,7 +970,7 @@ def available_tools(args: argparse.Namespace, env: dict[str, str], cwd: Path) ->
     notes = []
     tools = []
     for tool in args.tools or ALL_TOOLS:
-        if tool == "asyncdl":
+        if tool.startswith("asyncdl"):
             problem = check_asyncdl(args.python, env, cwd)
             if problem:
                 notes.append(f"asyncdl skipped: `{args.python} -m asyncdl --help` failed: {problem}")
@@ -1119,7 +1129,7 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     if "asyncdl" in tools:
         problem = smoke_test_asyncdl(setup, env, scratch, nginx.base_url)
         if problem:
-            tools.remove("asyncdl")
+            tools = [t for t in tools if not t.startswith("asyncdl")]
             skip_notes.append(f"asyncdl skipped: it failed to download one small file: {problem}")
     for note in skip_notes:
         print(note, file=sys.stderr)
@@ -1145,7 +1155,11 @@ def run_workload(session: Session, dataset: Dataset) -> WorkloadResult:
     w = dataset.workload
     area = session.areas[w.fs_role]
     result = WorkloadResult(w, f"{area.kind}: {area.description}")
-    tools = [t for t in session.tools if not (w.files > 1 and t in SINGLE_FILE_ONLY_TOOLS)]
+    tools = [
+        t
+        for t in session.tools
+        if not (w.files > 1 and t in SINGLE_FILE_ONLY_TOOLS) and not (w.single and t in LIST_ONLY_TOOLS)
+    ]
     if not session.args.tools:
         for tool in sorted(w.slow_peers & set(tools)):
             result.notes.append(f"{tool} not run by default, to keep the full run short; name it in --tools.")
