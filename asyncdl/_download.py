@@ -44,6 +44,7 @@ from ._naming import (
     NameRegistry,
     name_from_content_disposition,
     name_from_url,
+    plain_url_name,
     safe_subdir,
     sanitize_name,
     temp_name,
@@ -52,7 +53,7 @@ from ._progress import Progress
 from ._ratelimit import RateLimiter
 from ._retry import RetryPolicy
 from ._segments import PIECE_SIZE, FileChanged, PieceMap, fetch_pieces, write_piece
-from ._urls import is_plain_url, redact_text, redact_url, usable_url_problem
+from ._urls import redact_text, redact_url, usable_url_problem
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,10 @@ def plain_name(request: Request, dest: Path, registry: NameRegistry) -> str | No
         or request.dir is not None
         or request.checksum is not None
         or request.headers
-        or not is_plain_url(request.url)
     ):
         return None
-    return registry.claim(dest, name_from_url(request.url))
+    name = plain_url_name(request.url)  # None: not a plain URL
+    return None if name is None else registry.claim(dest, name)
 
 
 def plan_download(item: Request | BadEntry, dest: Path, registry: NameRegistry) -> Plan:

@@ -19,7 +19,10 @@ import re
 import unicodedata
 from array import array
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
+
+from ._urls import PLAIN_URL_START
 
 DEFAULT_NAME = "index.html"
 TEMP_PREFIX = ".asyncdl"
@@ -137,6 +140,32 @@ def name_from_url(url: str) -> str:
     if not path or path.endswith("/"):
         return DEFAULT_NAME
     segment = path.rpartition("/")[2]
+    if "%" in segment:
+        segment = unquote(segment, encoding="utf-8", errors="replace")
+    return sanitize_name(segment)
+
+
+# A plain URL (see is_plain_url) and the last segment of its path, in one match: either a segment that
+# sanitize_name keeps as it is (printable ASCII without a separator, "%" or a leading dot, at most
+# 255 characters) or any other. A plain URL has no white space, so its path ends at the first "?#".
+_KEPT_SEGMENT_FIRST = r"[\x21\x22\x24\x26-\x2d\x30-\x3e\x40-\x5b\x5d-\x7e]"
+_KEPT_SEGMENT_REST = r"[\x21\x22\x24\x26-\x2e\x30-\x3e\x40-\x5b\x5d-\x7e]{0,254}"
+_PLAIN_URL_NAME = re.compile(
+    PLAIN_URL_START
+    + rf"(?:/(?:[^?#\s]*/)?(?:({_KEPT_SEGMENT_FIRST}{_KEPT_SEGMENT_REST})|([^/?#\s]*)))?(?:[?#]\S*)?\Z"
+)
+
+
+def plain_url_name(url: str) -> str | None:
+    """``name_from_url(url)`` when ``is_plain_url(url)``, else None: both in one regex match."""
+    match = _PLAIN_URL_NAME.match(url)
+    if match is None:
+        return None
+    kept, segment = match.groups()
+    if kept is not None:
+        return kept
+    if not segment:
+        return DEFAULT_NAME
     if "%" in segment:
         segment = unquote(segment, encoding="utf-8", errors="replace")
     return sanitize_name(segment)
@@ -280,21 +309,21 @@ class _KeySet:
         self._slots = array("Q", bytes(8 * 1024))
         self._mask = 1023
         self._count = 0
+        self._limit = 512  # at most half full
 
     def add(self, key: int) -> bool:
         """Add ``key``; False when it was there already."""
         slots, mask = self._slots, self._mask
         index = key & mask
-        while True:
-            found = slots[index]
-            if found == 0:
-                break
+        found = slots[index]
+        while found:
             if found == key:
                 return False
             index = (index + 1) & mask
+            found = slots[index]
         slots[index] = key
         self._count += 1
-        if 2 * self._count > len(slots):
+        if self._count > self._limit:
             self._grow()
         return True
 
@@ -314,12 +343,15 @@ class _KeySet:
 
     def _grow(self) -> None:
         old = self._slots
-        self._slots = array("Q", bytes(16 * len(old)))
-        self._mask = len(self._slots) - 1
-        self._count = 0
-        for key in old:
-            if key:
-                self.add(key)
+        slots = self._slots = array("Q", bytes(16 * len(old)))
+        mask = self._mask = len(slots) - 1
+        self._limit = len(slots) // 2
+        # The keys are distinct: each goes into the first free slot from its place, no comparing.
+        for key in filter(None, old):
+            index = key & mask
+            while slots[index]:
+                index = (index + 1) & mask
+            slots[index] = key
 
 
 class NameRegistry:
@@ -339,23 +371,34 @@ class NameRegistry:
     def __init__(self) -> None:
         self._claimed = _KeySet()
         self._next_suffix: dict[int, int] = {}
+        # The directory of the last claim and its hash state: a run claims most names in one directory.
+        self._directory: Path | None = None
+        self._hashed_directory = _blake2b(digest_size=8)
 
-    @staticmethod
-    def _key(directory: str, name: str) -> int:
-        data = f"{directory}\0{name}".encode("utf-8", errors="surrogatepass")
-        return int.from_bytes(_blake2b(data, digest_size=8).digest(), "little") or 1
+    def _hasher(self, directory: Path) -> Any:
+        """A hash that has taken in ``directory`` and its separator (a copy: update it at will)."""
+        if directory is not self._directory:
+            data = f"{os.fspath(directory)}\0".encode("utf-8", errors="surrogatepass")
+            self._hashed_directory = _blake2b(data, digest_size=8)
+            self._directory = directory
+        return self._hashed_directory.copy()
+
+    def _key(self, directory: Path, name: str) -> int:
+        """The 64-bit key of (directory, name): blake2b of ``directory NUL name`` in UTF-8, never 0."""
+        hasher = self._hasher(directory)
+        hasher.update(name.encode("utf-8", errors="surrogatepass"))
+        return int.from_bytes(hasher.digest(), "little") or 1
 
     def claim(self, directory: Path, name: str) -> str:
         """Claim ``name`` in ``directory``; returns the name to use (``name`` or a suffixed one)."""
-        folder = os.fspath(directory)
-        key = self._key(folder, name)
+        key = self._key(directory, name)
         if self._claimed.add(key):
             return name
         number = self._next_suffix.get(key, 1)
         while True:
             candidate = _with_suffix(name, number)
             number += 1
-            candidate_key = self._key(folder, candidate)
+            candidate_key = self._key(directory, candidate)
             if self._claimed.add(candidate_key):
                 break
         self._next_suffix[key] = number

@@ -11,7 +11,12 @@ _WHITESPACE = re.compile(r"\s")
 
 # The common case, checked in one regex match: scheme, a plain host, an optional port, no spaces.
 # (Case spelled out rather than re.IGNORECASE: faster, and no Unicode case folding, where U+017F is "s").
-_PLAIN_URL = re.compile(r"[hH][tT][tT][pP][sS]?://[A-Za-z0-9.-]+(?::([0-9]{1,5}))?(?:[/?#]\S*)?\Z")
+# The start of a plain URL: scheme, host and a port of one to five digits below 65536.
+PLAIN_URL_START = (
+    r"[hH][tT][tT][pP][sS]?://[A-Za-z0-9.-]+"
+    r"(?::(?:[0-5]?[0-9]{1,4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+)
+PLAIN_URL = re.compile(PLAIN_URL_START + r"(?:[/?#]\S*)?\Z")  # is_plain_url: one match
 
 
 def is_plain_url(url: str) -> bool:
@@ -19,14 +24,12 @@ def is_plain_url(url: str) -> bool:
 
     False says nothing: ask :func:`usable_url_problem`.
     """
-    match = _PLAIN_URL.match(url)
-    return match is not None and (match.group(1) is None or int(match.group(1)) < 65536)
+    return PLAIN_URL.match(url) is not None
 
 
 def usable_url_problem(url: str) -> str | None:
     """None when ``url`` is an absolute http(s) URL with a host; else why it is not."""
-    match = _PLAIN_URL.match(url)
-    if match is not None and (match.group(1) is None or int(match.group(1)) < 65536):
+    if PLAIN_URL.match(url) is not None:
         return None
     try:
         parts = urlsplit(url)
