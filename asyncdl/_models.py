@@ -31,6 +31,10 @@ class Status(str, enum.Enum):
         return self.value
 
 
+# Looked up once: an attribute of the Status class costs more than the test it is used in.
+_FAILED = Status.FAILED
+
+
 @dataclass(frozen=True)
 class Checksum:
     """An expected digest: ``algorithm`` is a hashlib name (``sha256``), ``hexdigest`` lower-case hex."""
@@ -86,17 +90,35 @@ class Request:
     headers: HeaderPairs = ()
     source: str | None = field(default=None, compare=False)
 
-    def __post_init__(self) -> None:
-        # Plain requests (a URL and nothing else) are made by the million: only convert what needs it.
-        if self.mirrors.__class__ is not tuple:
-            object.__setattr__(self, "mirrors", tuple(self.mirrors))
-        if self.headers:
-            object.__setattr__(self, "headers", _header_pairs(self.headers))
-        elif self.headers.__class__ is not tuple:
-            object.__setattr__(self, "headers", ())
-        checksum: object = self.checksum  # a "sha-256=HEX" string is accepted too
-        if checksum is not None and isinstance(checksum, str):
-            object.__setattr__(self, "checksum", Checksum.parse(checksum))
+    # Written out rather than generated (the dataclass keeps it): plain requests (a URL and nothing
+    # else) are made by the million, and one store in the instance dict per field costs a quarter of
+    # the generated object.__setattr__ calls. Only what needs converting is converted.
+    def __init__(  # noqa: PLR0917 - the dataclass's signature, positional as generated
+        self,
+        url: str,
+        mirrors: Iterable[str] = (),
+        out: str | None = None,
+        dir: str | None = None,
+        checksum: Checksum | str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        source: str | None = None,
+    ) -> None:
+        if mirrors.__class__ is not tuple:
+            mirrors = tuple(mirrors)
+        if headers:
+            headers = _header_pairs(headers)
+        elif headers.__class__ is not tuple:
+            headers = ()
+        if checksum is not None and isinstance(checksum, str):  # "sha-256=HEX" is accepted too
+            checksum = Checksum.parse(checksum)
+        values = self.__dict__
+        values["url"] = url
+        values["mirrors"] = mirrors
+        values["out"] = out
+        values["dir"] = dir
+        values["checksum"] = checksum
+        values["headers"] = headers
+        values["source"] = source
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -111,6 +133,23 @@ class Request:
         if isinstance(item, str):
             return cls(item)
         raise TypeError(f"expected a URL string or asyncdl.Request, got {type(item).__name__}")
+
+
+def plain_request(url: str, source: str | None) -> Request:
+    """``Request(url, source=source)``, made without the checks its arguments do not need."""
+    request = _new_object(Request)
+    values = request.__dict__
+    values["url"] = url
+    values["mirrors"] = ()
+    values["out"] = None
+    values["dir"] = None
+    values["checksum"] = None
+    values["headers"] = ()
+    values["source"] = source
+    return request
+
+
+_new_object = object.__new__
 
 
 @dataclass(frozen=True)
@@ -137,10 +176,34 @@ class Result:
     worker: int | None = None
     shard: int | None = None
 
+    # Written out rather than generated, as Request's: a Ray run's driver makes one per download.
+    def __init__(  # noqa: PLR0917 - the dataclass's signature, positional as generated
+        self,
+        url: str,
+        path: str | None,
+        status: Status,
+        bytes: int = 0,
+        attempts: int = 0,
+        error: str | None = None,
+        request: Request | None = None,
+        worker: int | None = None,
+        shard: int | None = None,
+    ) -> None:
+        values = self.__dict__
+        values["url"] = url
+        values["path"] = path
+        values["status"] = status
+        values["bytes"] = bytes
+        values["attempts"] = attempts
+        values["error"] = error
+        values["request"] = request
+        values["worker"] = worker
+        values["shard"] = shard
+
     @property
     def ok(self) -> bool:
         """True for ``ok`` and ``skipped``: the target is there."""
-        return self.status is not Status.FAILED
+        return self.status is not _FAILED
 
     def to_record(self) -> dict[str, object]:
         """The report's JSON object (secrets already redacted in ``url`` and ``error``).

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from rich.live import Live
 
 _RATE_WINDOW_S = 5.0
+# Looked up once: an attribute of the Status class costs more than the counting it decides.
+_OK = Status.OK
+_SKIPPED = Status.SKIPPED
 
 
 @dataclass
@@ -112,15 +115,16 @@ class Progress:
         self.bytes_done += n
 
     def finish(self, key: int | None, result: Result) -> None:
+        status = result.status
         if key is not None:
             entry = self.active.pop(key, None)
             if entry is not None:
                 self._forget_total(entry)
-                if result.status is Status.OK:
+                if status is _OK:
                     self._known_total += entry.done
-        if result.status is Status.OK:
+        if status is _OK:
             self.ok += 1
-        elif result.status is Status.SKIPPED:
+        elif status is _SKIPPED:
             self.skipped += 1
         else:
             self.failed += 1

@@ -42,8 +42,8 @@ from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from ._exceptions import UsageError
-from ._models import BadEntry, Checksum, Request
-from ._urls import is_plain_url, redact_url, usable_url_problem
+from ._models import BadEntry, Checksum, Request, plain_request
+from ._urls import PLAIN_URL, redact_url, usable_url_problem
 
 __all__ = ["parse_lines"]
 
@@ -70,13 +70,15 @@ def parse_lines(lines: Iterable[str], *, source: str) -> Iterator[Request | BadE
     # and becomes a _Download only if option lines follow it.
     plain: str | None = None
     plain_lineno = 0
+    prefix = f"{source}:"
+    plain_match = PLAIN_URL.match  # is_plain_url, without the call (it runs for every line)
     for lineno, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n")
         if lineno == 1 and line.startswith(_BOM):
             line = line[len(_BOM) :]
-        if is_plain_url(line):
+        if plain_match(line) is not None:
             if plain is not None:
-                yield Request(plain, source=f"{source}:{plain_lineno}")
+                yield plain_request(plain, prefix + str(plain_lineno))
             elif pending is not None:
                 yield pending.finish()
                 pending = None
@@ -98,7 +100,7 @@ def parse_lines(lines: Iterable[str], *, source: str) -> Iterator[Request | BadE
             yield pending.finish()
         pending = _Download(line.rstrip(), source=source, lineno=lineno)
     if plain is not None:
-        yield Request(plain, source=f"{source}:{plain_lineno}")
+        yield plain_request(plain, prefix + str(plain_lineno))
     elif pending is not None:
         yield pending.finish()
 

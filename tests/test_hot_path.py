@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import pickle
 from pathlib import Path
 
 import pytest
@@ -9,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asyncdl._download import plain_name, plan_download
-from asyncdl._models import Request
+from asyncdl._models import Checksum, Request, Result, Status, plain_request
 from asyncdl._naming import NameRegistry, _KeySet, name_from_url, plain_url_name
+from asyncdl._progress import Progress
 from asyncdl._urls import is_plain_url
 
 # --- plain URLs and their names -----------------------------------------------------------------------
@@ -112,3 +116,105 @@ def test_key_set_keeps_keys_whose_low_bits_are_the_same() -> None:
     assert all(k in keys for k in same_low)
     assert (3000 << 40) | 5 not in keys
     assert 7 not in keys
+
+
+# --- values: requests, results, progress -----------------------------------------------------------
+
+SHA256_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+# Values each class keeps as given, one per field, in field order.
+KEPT_VALUES = {
+    Request: ("u", ("m",), "o", "d", Checksum("sha256", SHA256_EMPTY), (("N", "v"),), "s"),
+    Result: ("u", "p", Status.OK, 1, 2, "e", Request("u"), 3, 4),
+}
+
+
+@pytest.mark.parametrize("cls", [Request, Result])
+def test_written_out_init_has_the_dataclass_signature(cls: type) -> None:
+    params = list(inspect.signature(cls).parameters.values())
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+    for param, field in zip(params, fields, strict=True):
+        default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+        assert param.default == default
+    # Every field is set, by position as by keyword.
+    values = dict(zip((f.name for f in fields), KEPT_VALUES[cls], strict=True))
+    assert vars(cls(**values)) == vars(cls(*values.values())) == values
+
+
+def test_request_converts_what_it_accepts() -> None:
+    request = Request(
+        "http://h/a",
+        mirrors=["http://m/a"],
+        headers={"X-A": "1"},
+        checksum=f"sha-256={SHA256_EMPTY.upper()}",
+        source="l:1",
+    )
+    assert request.mirrors == ("http://m/a",)
+    assert request.headers == (("X-A", "1"),)
+    assert request.checksum == Checksum("sha256", SHA256_EMPTY)
+    assert Request("http://h/a", headers=[("X-A", 1)]).headers == (("X-A", "1"),)  # type: ignore[list-item]
+    assert Request("http://h/a", headers={}).headers == ()
+    plain = Request("http://h/a")
+    assert (plain.mirrors, plain.out, plain.dir, plain.checksum, plain.headers, plain.source) == (
+        (),
+        None,
+        None,
+        None,
+        (),
+        None,
+    )
+    assert plain == Request("http://h/a", source="elsewhere")  # source does not compare
+    assert hash(plain) == hash(Request("http://h/a", source="x"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.url = "http://h/b"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(request)) == request
+    assert dataclasses.replace(request, out="b").out == "b"
+    assert dataclasses.replace(request, out="b").mirrors == ("http://m/a",)
+
+
+def test_result_keeps_what_it_is_given() -> None:
+    request = Request("http://h/a")
+    result = Result("http://h/a", "/d/a", Status.OK, 3, 1, None, request, 2, 7)
+    assert result == Result(
+        url="http://h/a", path="/d/a", status=Status.OK, bytes=3, attempts=1, request=None, worker=2, shard=7
+    )
+    assert result.request is request
+    assert repr(result) == (
+        "Result(url='http://h/a', path='/d/a', status=<Status.OK: 'ok'>, bytes=3, attempts=1, error=None, "
+        "worker=2, shard=7)"
+    )
+    assert Result("u", None, Status.FAILED).to_record() == {
+        "url": "u",
+        "path": None,
+        "status": "failed",
+        "bytes": 0,
+        "attempts": 0,
+        "error": None,
+    }
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.bytes = 4  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert dataclasses.replace(result, error="e").error == "e"
+
+
+def test_plain_request_is_the_request_of_a_url() -> None:
+    made = plain_request("http://h/a", "list:3")
+    assert type(made) is Request
+    assert vars(made) == vars(Request("http://h/a", source="list:3"))
+    assert list(vars(made)) == [f.name for f in dataclasses.fields(Request)]
+    assert repr(made) == repr(Request("http://h/a", source="list:3"))
+
+
+def test_progress_counts_each_status_and_result_ok() -> None:
+    progress = Progress()
+    key = progress.start("http://h/a", "a")
+    progress.begin(key, done=0, total=None)
+    progress.advance(key, 5)
+    progress.finish(key, Result("http://h/a", "/d/a", Status.OK, 5))
+    for status in (Status.SKIPPED, Status.FAILED, Status.FAILED):
+        progress.finish(None, Result("http://h/b", None, status))
+    snap = progress.snapshot()
+    assert (snap.ok, snap.skipped, snap.failed, snap.bytes_total) == (1, 1, 2, 5)
+    assert [Result("u", None, s).ok for s in Status] == [True, True, False]
