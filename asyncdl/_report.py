@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from ._exceptions import UsageError
-from ._models import Result
+from ._models import Result, Status
 
 
 def _not_serializable(value: object) -> object:
@@ -33,6 +33,38 @@ def _dumps(record: dict[str, object]) -> str:
     return "".join(_c_encode(record, 0))
 
 
+_encode_str = json.encoder.encode_basestring  # a JSON string, ensure_ascii=False (C when available)
+_STATUS_JSON = {status: _encode_str(status.value) for status in Status}
+
+
+def _line(result: Result) -> str | None:
+    """The record of ``result`` as _dumps writes it, with a newline; made directly for the usual
+    types (str or None, int; the C encoder writes an int subclass as a plain int, so they take the
+    general way), None for anything else."""
+    url, path, error = result.url, result.path, result.error
+    if (
+        url.__class__ is not str
+        or not (path is None or path.__class__ is str)
+        or not (error is None or error.__class__ is str)
+        or result.bytes.__class__ is not int
+        or result.attempts.__class__ is not int
+        or result.status.__class__ is not Status
+    ):
+        return None
+    path_json = "null" if path is None else _encode_str(path)
+    error_json = "null" if error is None else _encode_str(error)
+    head = (
+        f'{{"url": {_encode_str(url)}, "path": {path_json}, "status": {_STATUS_JSON[result.status]}, '
+        f'"bytes": {result.bytes}, "attempts": {result.attempts}, "error": {error_json}'
+    )
+    worker, shard = result.worker, result.shard
+    if worker is None:
+        return head + "}\n"
+    if worker.__class__ is not int or not (shard is None or shard.__class__ is int):
+        return None
+    return f'{head}, "worker": {worker}, "shard": {"null" if shard is None else shard}}}\n'
+
+
 class ReportWriter:
     """Appends one JSON object per result (``url, path, status, bytes, attempts, error``).
 
@@ -49,9 +81,12 @@ class ReportWriter:
     def write(self, result: Result, **extra: object) -> None:
         if self._file is None:
             raise RuntimeError("report is closed")
-        record = result.to_record()
-        record.update(extra)
-        self._file.write(_dumps(record) + "\n")
+        line = None if extra else _line(result)
+        if line is None:
+            record = result.to_record()
+            record.update(extra)
+            line = _dumps(record) + "\n"
+        self._file.write(line)
 
     def close(self) -> None:
         if self._file is not None:

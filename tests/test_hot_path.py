@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
+import json
 import pickle
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncdl._download import plain_name, plan_download
 from asyncdl._models import Checksum, Request, Result, Status, plain_request
 from asyncdl._naming import NameRegistry, _KeySet, name_from_url, plain_url_name
 from asyncdl._progress import Progress
+from asyncdl._report import ReportWriter
 from asyncdl._urls import is_plain_url
 
 # --- plain URLs and their names -----------------------------------------------------------------------
@@ -218,3 +221,54 @@ def test_progress_counts_each_status_and_result_ok() -> None:
     snap = progress.snapshot()
     assert (snap.ok, snap.skipped, snap.failed, snap.bytes_total) == (1, 1, 2, 5)
     assert [Result("u", None, s).ok for s in Status] == [True, True, False]
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+any_text = st.text(st.characters(codec="utf-8"), max_size=30)
+maybe_text = st.none() | any_text | st.sampled_from(["", 'a "quoted" \\ line\nend', "naïve ✓ \x00\x1f\x7f"])
+whole = st.integers(min_value=-(2**70), max_value=2**70)
+
+
+@st.composite
+def results(draw: st.DrawFn) -> Result:
+    worker = draw(st.none() | st.integers(0, 99) | st.just(True))
+    return Result(
+        draw(any_text),
+        draw(maybe_text),
+        draw(st.sampled_from(list(Status))),
+        draw(whole | st.sampled_from([True, False])),
+        draw(whole),
+        draw(maybe_text),
+        None,
+        worker,
+        None if worker is None else draw(st.none() | whole),
+    )
+
+
+@given(st.lists(results(), max_size=5), st.booleans())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_report_lines_are_the_json_of_the_records(tmp_path: Path, items: list[Result], extra: bool) -> None:
+    path = tmp_path / "r.jsonl"
+    with ReportWriter(path) as report:
+        for result in items:
+            report.write(result, **({"note": "x"} if extra else {}))
+    expected = "".join(
+        json.dumps({**r.to_record(), **({"note": "x"} if extra else {})}, ensure_ascii=False) + "\n"
+        for r in items
+    )
+    assert path.read_text(encoding="utf-8") == expected
+
+
+def test_report_line_of_a_ray_run() -> None:
+    buffer = io.StringIO()
+    writer = ReportWriter.__new__(ReportWriter)
+    writer._file = buffer
+    writer.write(Result("http://u:***@h/a", "/d/a", Status.SKIPPED, 0, 0, None, None, 1, 2))
+    writer.write(Result("http://h/b", None, Status.FAILED, error='bad "x"'))
+    assert buffer.getvalue() == (
+        '{"url": "http://u:***@h/a", "path": "/d/a", "status": "skipped", "bytes": 0, "attempts": 0, '
+        '"error": null, "worker": 1, "shard": 2}\n'
+        '{"url": "http://h/b", "path": null, "status": "failed", "bytes": 0, "attempts": 0, '
+        '"error": "bad \\"x\\""}\n'
+    )
