@@ -19,7 +19,6 @@ import re
 import unicodedata
 from array import array
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from ._urls import PLAIN_URL_START
@@ -363,9 +362,9 @@ class NameRegistry:
 
     Memory: a run may claim millions of names, so only a 64-bit hash of each claimed path is kept,
     in one array of slots (8 to 16 bytes a name: 17 MiB for a million, against some 75 MiB in a set of
-    bytes objects; a claim costs about 2 µs more), plus a next-suffix counter for names that
-    actually collided. A hash collision (about 1 in 10^7
-    for ten million names) can only cost a needless suffix, never an overwrite.
+    bytes objects; a claim costs some 0.3 µs more: about 1.4 µs in all), plus a next-suffix counter
+    for names that actually collided. A hash collision (about 1 in 10^7 for ten million names) can
+    only cost a needless suffix, never an overwrite.
     """
 
     def __init__(self) -> None:
@@ -375,17 +374,13 @@ class NameRegistry:
         self._directory: Path | None = None
         self._hashed_directory = _blake2b(digest_size=8)
 
-    def _hasher(self, directory: Path) -> Any:
-        """A hash that has taken in ``directory`` and its separator (a copy: update it at will)."""
+    def _key(self, directory: Path, name: str) -> int:
+        """The 64-bit key of (directory, name): blake2b of ``directory NUL name`` in UTF-8, never 0."""
         if directory is not self._directory:
             data = f"{os.fspath(directory)}\0".encode("utf-8", errors="surrogatepass")
             self._hashed_directory = _blake2b(data, digest_size=8)
             self._directory = directory
-        return self._hashed_directory.copy()
-
-    def _key(self, directory: Path, name: str) -> int:
-        """The 64-bit key of (directory, name): blake2b of ``directory NUL name`` in UTF-8, never 0."""
-        hasher = self._hasher(directory)
+        hasher = self._hashed_directory.copy()
         hasher.update(name.encode("utf-8", errors="surrogatepass"))
         return int.from_bytes(hasher.digest(), "little") or 1
 
