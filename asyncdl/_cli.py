@@ -165,17 +165,32 @@ async def _in_thread(items: Iterator[T], *, max_ahead: int = 1024) -> AsyncItera
         stop.set()
 
 
-async def _requests(sources: list[_Source], stdin: TextIO) -> AsyncIterator[Request | BadEntry]:
+def _requests(
+    sources: list[_Source], stdin: TextIO
+) -> Iterator[Request | BadEntry] | AsyncIterator[Request | BadEntry]:
+    """The downloads of every source, in order: a plain iterator unless standard input is one."""
+    if any(source.stdin for source in sources):
+        return _requests_and_stdin(sources, stdin)
+    return _requests_from(sources)
+
+
+def _requests_from(sources: list[_Source]) -> Iterator[Request | BadEntry]:
     for source in sources:
         if source.url is not None:
-            for item in parse_lines([source.url], source=source.name):
-                yield item
-        elif source.stdin:
+            yield from parse_lines([source.url], source=source.name)
+        else:
+            assert source.lines is not None
+            yield from parse_lines(source.lines, source=source.name)
+
+
+async def _requests_and_stdin(sources: list[_Source], stdin: TextIO) -> AsyncIterator[Request | BadEntry]:
+    for source in sources:
+        if source.stdin:
+            # A slow pipe must not block the downloads: read in a thread.
             async for item in _in_thread(parse_lines(stdin, source=source.name)):
                 yield item
         else:
-            assert source.lines is not None
-            for item in parse_lines(source.lines, source=source.name):
+            for item in _requests_from([source]):
                 yield item
 
 

@@ -29,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,7 +301,7 @@ class ShardCluster:
         dest = Path(self.config.dest)
         prefix = str(dest / "x")[:-1]  # str(dest / name) for a plain name: dest and a separator
         registry = NameRegistry()  # the run's names, decided here in input order
-        items = _aiter(requests)
+        items = _items(requests)
         exhausted = False
         numbers = iter(range(1 << 62))
         load = [0] * self.size
@@ -349,31 +350,8 @@ class ShardCluster:
                             self.progress.finish(None, result)
                             yield result
                         continue
-                    statuses, sizes, attempts, errors, paths, incarnation, bytes_done = answer
-                    self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=None)
-                    finish = self.progress.finish
-                    names = shard.spec[1]
-                    extras = shard.spec[2]
-                    number = shard.number
-                    for index, item in enumerate(shard.items):
-                        if index in paths:
-                            path = paths[index]
-                        elif index in extras:
-                            path = planned_path(extras[index])
-                        else:
-                            path = prefix + names[index]
-                        result = Result(
-                            redact_url(item.url),
-                            path,
-                            _STATUS[statuses[index]],
-                            sizes[index],
-                            attempts[index],
-                            errors.get(index),
-                            item if isinstance(item, Request) else None,
-                            worker,
-                            number,
-                        )
-                        finish(None, result)
+                    self.progress.mirror((worker, answer[5]), bytes_done=answer[6], active=None)
+                    for result in self._results(shard, answer, worker, prefix):
                         yield result
         finally:
             poller.cancel()
@@ -383,6 +361,56 @@ class ShardCluster:
                 await self._cancel(pending)
             if hasattr(items, "aclose"):
                 await items.aclose()
+
+    def _results(self, shard: _Shard, answer: ShardAnswer, worker: int, prefix: str) -> list[Result]:
+        """The Results of a shard from its worker's answer (counted in the progress)."""
+        statuses, sizes, attempts, errors, paths, _incarnation, _bytes = answer
+        finish = self.progress.finish
+        names = shard.spec[1]
+        extras = shard.spec[2]
+        number = shard.number
+        status_of = _STATUS
+        results: list[Result] = []
+        append = results.append
+        if not (errors or paths or extras):
+            # The usual shard: plain URLs (every item a Request), none failed or renamed.
+            for index, item in enumerate(shard.items):
+                url = item.url
+                result = Result(
+                    url if "@" not in url else redact_url(url),
+                    prefix + names[index],
+                    status_of[statuses[index]],
+                    sizes[index],
+                    attempts[index],
+                    None,
+                    item,  # type: ignore[arg-type]
+                    worker,
+                    number,
+                )
+                finish(None, result)
+                append(result)
+            return results
+        for index, item in enumerate(shard.items):
+            if index in paths:
+                path = paths[index]
+            elif index in extras:
+                path = planned_path(extras[index])
+            else:
+                path = prefix + names[index]
+            result = Result(
+                redact_url(item.url),
+                path,
+                status_of[statuses[index]],
+                sizes[index],
+                attempts[index],
+                errors.get(index),
+                item if isinstance(item, Request) else None,
+                worker,
+                number,
+            )
+            finish(None, result)
+            append(result)
+        return results
 
     def _free_worker(self, load: list[int]) -> int | None:
         best: int | None = None
@@ -439,29 +467,27 @@ class ShardCluster:
             self.progress.mirror((worker, incarnation), bytes_done=bytes_done)
 
 
-def _aiter(
-    items: Iterable[str | Request | BadEntry] | AsyncIterable[str | Request | BadEntry],
-) -> AsyncIterator[str | Request | BadEntry]:
+Item = str | Request | BadEntry
+
+
+def _items(items: Iterable[Item] | AsyncIterable[Item]) -> Iterator[Item] | AsyncIterator[Item]:
+    """An iterator over the input: a plain one when the input is not async (no await per item)."""
     if isinstance(items, AsyncIterable):
         return aiter(items)
-
-    async def from_sync() -> AsyncIterator[str | Request | BadEntry]:
-        for item in items:
-            yield item
-
-    return from_sync()
+    return iter(items)
 
 
 async def _cut(
-    items: AsyncIterator[str | Request | BadEntry], size: int, dest: Path, registry: NameRegistry, number: int
+    items: Iterator[Item] | AsyncIterator[Item], size: int, dest: Path, registry: NameRegistry, number: int
 ) -> _Shard:
     """The next shard: up to ``size`` items, planned in input order (names decided here)."""
     requests: list[Request | BadEntry] = []
     urls: list[str] = []
     names: list[str] = []
     extras: dict[int, Plan] = {}
-    async for item in items:
-        request = item if isinstance(item, BadEntry) else Request.coerce(item)
+
+    def add(item: Item) -> None:
+        request = item if isinstance(item, (Request, BadEntry)) else Request.coerce(item)
         name = None if isinstance(request, BadEntry) else plain_name(request, dest, registry)
         if name is None:
             extras[len(requests)] = plan_download(request, dest, registry)
@@ -471,8 +497,15 @@ async def _cut(
             urls.append(request.url)
             names.append(name)
         requests.append(request)
-        if len(requests) >= size:
-            break
+
+    if isinstance(items, Iterator):
+        for item in itertools.islice(items, size):
+            add(item)
+    else:
+        async for item in items:
+            add(item)
+            if len(requests) >= size:
+                break
     return _Shard(number, requests, (urls, names, extras, 0))
 
 

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncdl
@@ -300,13 +300,11 @@ async def drive(n: int, workers: int, shard: int) -> dict:
     async with dl:
         await timed_batch(dl, [f"http://127.0.0.1:9/warm/{i}" for i in range(workers)])
 
-        async def requests() -> AsyncIterator[object]:
-            for item in parse_lines(url_lines(n), source="list"):
-                yield item
-
+        # As the command line hands over a list file: the parser's plain iterator.
+        requests = parse_lines(url_lines(n), source="list")
         started = time.perf_counter()
         cpu_started = time.process_time()
-        async for result in dl.stream(requests()):  # type: ignore[arg-type]
+        async for result in dl.stream(requests):
             report.write(result)
             count += 1
         elapsed = time.perf_counter() - started
