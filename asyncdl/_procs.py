@@ -36,13 +36,13 @@ from ._progress import Progress
 from ._shards import (
     CANCEL_GRACE_S,
     WORKER_MAX_RESTARTS,
-    ActiveRecord,
     DownloadWorker,
     ShardAnswer,
     ShardCluster,
     ShardSpec,
     WorkerConfig,
     WorkerLost,
+    WorkerStats,
 )
 
 # Shards of a local run are small: the last shards of a run end at about the same time on every
@@ -229,7 +229,7 @@ class ProcessCluster(ShardCluster):
         if worker is not None and worker.alive:
             worker.send((next(self._ids), "cancel", (call_id,)))
 
-    def _stats(self, worker: int) -> asyncio.Future[tuple[str, int, list[ActiveRecord]]]:
+    def _stats(self, worker: int) -> asyncio.Future[WorkerStats]:
         return asyncio.ensure_future(self._call(worker, next(self._ids), "stats"))
 
     async def pids(self) -> list[int]:

@@ -22,13 +22,13 @@ from ._shards import (
     CANCEL_GRACE_S,
     IN_FLIGHT_PER_WORKER,
     WORKER_MAX_RESTARTS,
-    ActiveRecord,
     DownloadWorker,
     ShardAnswer,
     ShardCluster,
     ShardSpec,
     WorkerConfig,
     WorkerLost,
+    WorkerStats,
 )
 
 __all__ = ["DownloadWorker", "RayCluster", "ShardAnswer", "ShardSpec", "WorkerConfig", "import_ray"]
@@ -129,7 +129,7 @@ class RayCluster(ShardCluster):
     def _cancel_call(self, handle: Any) -> None:
         self.ray.cancel(handle)
 
-    def _stats(self, worker: int) -> asyncio.Future[tuple[str, int, list[ActiveRecord]]]:
+    def _stats(self, worker: int) -> asyncio.Future[WorkerStats]:
         return asyncio.ensure_future(self._await(self._actors[worker].stats.remote()))
 
     async def _await(self, ref: Any) -> Any:

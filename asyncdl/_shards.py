@@ -85,18 +85,24 @@ class WorkerConfig:
 
 # What crosses the wire, per shard rather than per URL (a list of millions is mostly plain URLs):
 #
-# driver -> worker, ShardSpec: (urls, names, extras, tries). A plain request (only a URL, see
+# driver -> worker, ShardSpec: (urls, names, extras, tries, number). A plain request (only a URL, see
 #   plain_name) is its URL and the name planned for it in dest; anything else (out=, dir=,
 #   mirrors, checksum, headers, a bad entry) is sent as its whole Plan in ``extras``, by index
 #   (its urls/names entries are then ""). ``tries``: how many times the shard was handed out
 #   before (a worker died with it); a retried shard asks the disk what its dead worker left.
+#   ``number``: the shard's number in the run (with ``tries``, how a worker names what it finished).
 # worker -> driver, ShardAnswer: (statuses, sizes, attempts, errors, paths, incarnation,
 #   bytes_done): one status letter per download ("o", "s", "f"), its bytes and attempts; the
 #   errors by index; the paths that differ from the planned target (a Content-Disposition name,
 #   or None), by index; who answered and its cumulative bytes.
-ShardSpec = tuple[list[str], list[str], dict[int, Plan], int]
+ShardSpec = tuple[list[str], list[str], dict[int, Plan], int, int]
 ShardAnswer = tuple[str, list[int], list[int], dict[int, str], dict[int, str | None], str, int]
 ActiveRecord = tuple[str, str, int, int | None]
+# worker -> driver, for the live view and the watchdog: (incarnation, bytes_done, some active
+#   downloads, the (number, tries) of the shards it finished last).
+WorkerStats = tuple[str, int, list[ActiveRecord], list[tuple[int, int]]]
+# Shards a worker remembers having finished (the driver needs the last few only).
+FINISHED_REMEMBERED = 64
 
 _LETTER = {Status.OK: "o", Status.SKIPPED: "s", Status.FAILED: "f"}
 _STATUS = {letter: status for status, letter in _LETTER.items()}
@@ -131,6 +137,7 @@ class DownloadWorker:
         self.downloader.settings = dataclasses.replace(config.settings, shared_dest=True)
         self.incarnation = f"{os.getpid()}-{id(self)}"
         self._shards: set[asyncio.Task[Any]] = set()  # the shards running now (close stops them)
+        self._finished: deque[tuple[int, int]] = deque(maxlen=FINISHED_REMEMBERED)
 
     async def run_shard(self, spec: ShardSpec) -> ShardAnswer:
         """Download every request of the shard; compact results in shard order (see ShardSpec)."""
@@ -177,11 +184,12 @@ class DownloadWorker:
                 errors[index] = result.error
             if result.path != planned_path(plan):
                 paths[index] = result.path
+        self._finished.append((spec[4], spec[3]))
         return "".join(statuses), sizes, attempts, errors, paths, self.incarnation, self.progress.bytes_done
 
     def plans(self, spec: ShardSpec) -> list[Plan]:
         """The Plans of a shard, rebuilt from what the driver sent."""
-        urls, names, extras, _tries = spec
+        urls, names, extras, _tries, _number = spec
         dest = self.downloader.dest
         plans: list[Plan] = []
         for index, (url, name) in enumerate(zip(urls, names, strict=True)):
@@ -192,13 +200,14 @@ class DownloadWorker:
                 plans.append(Plan(Request(url), dest, name, False, f"{url}\n{name}"))
         return plans
 
-    async def stats(self) -> tuple[str, int, list[ActiveRecord]]:
-        """For the live view: who am I, bytes received so far, some active downloads."""
+    async def stats(self) -> WorkerStats:
+        """Who am I, bytes received so far, some active downloads, the shards finished last."""
         active = sorted(self.progress.active.values(), key=lambda e: e.key)[:ACTIVE_SHOWN_PER_WORKER]
         return (
             self.incarnation,
             self.progress.bytes_done,
             [(e.url, e.name, e.done, e.total) for e in active],
+            list(self._finished),
         )
 
     async def pid(self) -> int:
@@ -257,6 +266,9 @@ class ShardCluster:
         self.progress = progress
         self.worker_config = config  # what each worker got (its share of the rate cap)
         self._dead: set[int] = set()
+        # The shards out on workers (future -> shard, worker, handle), for the watchdog in _poll.
+        self._pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]] = {}
+        self._suspects: dict[asyncio.Future[Any], int] = {}
 
     async def open(self) -> None:
         """Start the workers."""
@@ -278,7 +290,7 @@ class ShardCluster:
     def _cancel_call(self, handle: Any) -> None:
         """Ask the worker to drop a call (best effort: aclose stops the rest)."""
 
-    def _stats(self, worker: int) -> Awaitable[tuple[str, int, list[ActiveRecord]]]:
+    def _stats(self, worker: int) -> Awaitable[WorkerStats]:
         raise NotImplementedError
 
     def share(self, workers: int) -> WorkerConfig:
@@ -305,7 +317,7 @@ class ShardCluster:
         exhausted = False
         numbers = iter(range(1 << 62))
         load = [0] * self.size
-        pending: dict[asyncio.Future[Any], tuple[_Shard, int, Any]] = {}
+        pending = self._pending = {}
         again: deque[_Shard] = deque()
         last_death = ""
         poller = asyncio.ensure_future(self._poll())
@@ -335,7 +347,10 @@ class ShardCluster:
                 for future in done:
                     shard, worker, _handle = pending.pop(future)
                     load[worker] -= 1
+                    self._suspects.pop(future, None)
                     try:
+                        if future.cancelled():  # by the watchdog: see _poll
+                            raise WorkerLost("the answer to a finished shard never arrived", gone=False)
                         answer: ShardAnswer = future.result()
                     except WorkerLost as exc:
                         last_death = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -343,7 +358,7 @@ class ShardCluster:
                             self._dead.add(worker)
                         shard.tries += 1
                         if shard.tries < MAX_SHARD_TRIES:
-                            shard.spec = (*shard.spec[:3], shard.tries)
+                            shard.spec = (*shard.spec[:3], shard.tries, shard.number)
                             again.append(shard)
                             continue
                         for result in self._give_up(shard, worker, exc, prefix):
@@ -446,19 +461,37 @@ class ShardCluster:
         pending.clear()
 
     async def _poll(self) -> None:
-        """Mirror the workers' bytes and active downloads into the run's Progress, now and then."""
+        """Now and then: mirror the workers' bytes and active downloads into the run's Progress, and
+        notice a shard whose worker finished it while its answer never arrived.
+
+        An answer lost on the way (seen, rarely, with Ray: the worker idle, the driver waiting) would
+        hang the run for good. A shard that its worker reports finished in two polls in a row while
+        its answer has not come is handed out again, as if its worker had died: its downloads are
+        complete, so the second run of the shard finds them on disk and sends no request for them.
+        """
         while True:
             await asyncio.sleep(self.poll_interval_s)
             calls = [(worker, self._stats(worker)) for worker in range(self.size) if worker not in self._dead]
             for worker, call in calls:
                 try:
-                    incarnation, bytes_done, active = await asyncio.wait_for(call, self.poll_interval_s)
+                    incarnation, bytes_done, active, finished = await asyncio.wait_for(
+                        call, self.poll_interval_s
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # noqa: S112 - a dead or busy worker: its shard's result will say
                     continue
                 entries = [ActiveDownload(-1, url, name, done, total) for url, name, done, total in active]
                 self.progress.mirror((worker, incarnation), bytes_done=bytes_done, active=entries)
+                self._watch(worker, set(finished))
+
+    def _watch(self, worker: int, finished: set[tuple[int, int]]) -> None:
+        for future, (shard, on, _handle) in list(self._pending.items()):
+            if on != worker or future.done() or (shard.number, shard.tries) not in finished:
+                continue
+            seen = self._suspects[future] = self._suspects.get(future, 0) + 1
+            if seen >= 2:
+                future.cancel()  # the driver loop hands the shard out again
 
     def _take_final(self, worker: int, answer: object) -> None:
         """A worker's answer to close(): its final byte count, for the summary."""
@@ -506,7 +539,7 @@ async def _cut(
             add(item)
             if len(requests) >= size:
                 break
-    return _Shard(number, requests, (urls, names, extras, 0))
+    return _Shard(number, requests, (urls, names, extras, 0, number))
 
 
 def planned_path(plan: Plan) -> str | None:

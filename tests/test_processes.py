@@ -16,9 +16,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from faultserver import FaultServer
+from faultserver import FaultServer, Route
 from httpserver import FileServer
 
 from asyncdl import Downloader, RetryPolicy, Status, UsageError, download_many
@@ -257,13 +258,25 @@ async def test_cli_end_to_end_with_a_report(file_server: FileServer, tmp_path: P
     assert re.search(r"^0 ok, 6 skipped, 1 failed", err, re.MULTILINE), err
 
 
+class CountingServer(FaultServer):
+    """A FaultServer that records how many body bytes it finished writing, per path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: dict[str, int] = {}
+
+    async def _send_body(self, conn: Any, payload: bytes, *, limit: int, route: Route) -> None:
+        await super()._send_body(conn, payload, limit=limit, route=route)
+        self.sent[route.path] = self.sent.get(route.path, 0) + limit
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 async def test_stopping_the_driver_stops_the_workers_and_keeps_temporary_files(
     tmp_path: Path, how: str
 ) -> None:
     stalled_at = 1024 * 1024 + 4096  # more than a write buffer: part of it is on disk before the signal
     bodies = {f"/big{i}.bin": os.urandom(3 * 1024 * 1024) for i in range(2)}
-    async with FaultServer() as server:
+    async with CountingServer() as server:
         for path, body in bodies.items():
             server.route(path, body=body, stall_after=stalled_at)
         url_list = tmp_path / "urls.txt"
@@ -285,6 +298,7 @@ async def test_stopping_the_driver_stops_the_workers_and_keeps_temporary_files(
 
         await wait_until(lambda: len(worker_pids(proc.pid)) == 2, "the workers", proc)
         workers = worker_pids(proc.pid)
+        await wait_until(lambda: all(server.sent.get(p) == stalled_at for p in bodies), "the stalls", proc)
         await wait_until(lambda: len(partials()) == 2 and all(partials().values()), "bytes on disk", proc)
 
         proc.send_signal(getattr(signal, how))
@@ -300,5 +314,35 @@ async def test_stopping_the_driver_stops_the_workers_and_keeps_temporary_files(
         await wait_until(lambda: not any(alive(pid) for pid in workers), "the workers' end")
         for path, body in bodies.items():
             (part,) = out.glob(f".asyncdl-{path[1:]}-*.part")
-            assert part.read_bytes() == body[:stalled_at], path
+            kept = part.read_bytes()
+            assert (len(kept), kept) == (stalled_at, body[:stalled_at]), path
             assert not (out / path[1:]).exists()
+
+
+async def test_an_answer_that_never_arrives_does_not_hang_the_run(
+    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(6):
+        file_server.add(f"/w{i}.txt", f"body {i}".encode())
+    urls = [file_server.url(f"/w{i}.txt") for i in range(6)]
+    submit = ProcessCluster._submit
+    lost: list[int] = []
+
+    def submit_and_lose_the_first_answer(self: ProcessCluster, worker: int, spec: Any) -> Any:
+        future, handle = submit(self, worker, spec)
+        if not lost:
+            # The shard runs on its worker, but its answer never reaches the driver loop.
+            lost.append(spec[4])
+            future = asyncio.ensure_future(asyncio.Event().wait())
+        return future, handle
+
+    monkeypatch.setattr(ProcessCluster, "_submit", submit_and_lose_the_first_answer)
+    results = await download_many(urls, tmp_path, processes=2, shard_size=3)
+
+    assert lost == [0]
+    assert [r.url for r in results] == urls  # each URL once
+    # The lost shard was handed out again and found its files complete: no second request for them.
+    assert [r.status for r in results] == [Status.SKIPPED] * 3 + [Status.OK] * 3
+    assert [len(file_server.requests_for(f"/w{i}.txt")) for i in range(6)] == [1] * 6
+    for i in range(6):
+        assert (tmp_path / f"w{i}.txt").read_bytes() == f"body {i}".encode()

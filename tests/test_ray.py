@@ -279,3 +279,32 @@ async def test_ctrl_c_on_the_driver_stops_the_workers_and_keeps_temporary_files(
             assert (out / path[1:]).read_bytes() == body
         assert len(server.requests_for("/small.txt")) == 1
         assert visible(out) == ["big0.bin", "big1.bin", "small.txt"]
+
+
+async def test_an_answer_that_never_arrives_does_not_hang_the_run(
+    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncdl._ray import RayCluster
+
+    for i in range(4):
+        file_server.add(f"/w{i}.txt", f"body {i}".encode())
+    urls = [file_server.url(f"/w{i}.txt") for i in range(4)]
+    submit = RayCluster._submit
+    lost: list[int] = []
+
+    def submit_and_lose_the_first_answer(self: RayCluster, worker: int, spec: Any) -> Any:
+        future, handle = submit(self, worker, spec)
+        if not lost:
+            # The shard runs on its actor, but its answer never reaches the driver loop.
+            lost.append(spec[4])
+            future = asyncio.ensure_future(asyncio.Event().wait())
+        return future, handle
+
+    monkeypatch.setattr(RayCluster, "_submit", submit_and_lose_the_first_answer)
+    results = await download_many(urls, tmp_path, ray="auto", workers=2, shard_size=2)
+
+    assert lost == [0]
+    assert [r.url for r in results] == urls  # each URL once
+    # The lost shard was handed out again and found its files complete: no second request for them.
+    assert [r.status for r in results] == [Status.SKIPPED] * 2 + [Status.OK] * 2
+    assert [len(file_server.requests_for(f"/w{i}.txt")) for i in range(4)] == [1] * 4
