@@ -512,17 +512,19 @@ class _Job:
         if self.engine.settings.shared_dest:
             # Our own earlier file under this name would have been found by its record before the
             # request (or may be replaced with --overwrite): a file there now is another download's.
+            # Another worker may still take the name before our commit, which then moves on to the
+            # next suffix (_commit_shared): a file found there is never a reason to skip.
             mine = await load_final_name(self.temp.path) if self.engine.settings.overwrite else None
             directory = self.plan.directory
             while self.target.name != mine and await self.engine.exists(
                 directory, self.target.name, exact=True
             ):
                 self.target = self.plan.directory / registry.claim(self.plan.directory, name)
+            self.engine.progress.rename(self.key, self.target.name)
+            return
         self.engine.progress.rename(self.key, self.target.name)
-        # A name from the server may be one that another worker created since the listing.
-        exact = self.engine.settings.shared_dest
         if not self.engine.settings.overwrite and await self.engine.exists(
-            self.target.parent, self.target.name, exact=exact
+            self.target.parent, self.target.name
         ):
             raise _Skip()
 

@@ -8,6 +8,7 @@ nothing, Ctrl-C and a killed driver leave no worker behind and keep the temporar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -16,21 +17,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from faultserver import FaultServer, Route
+from faultserver import FaultServer
 from httpserver import FileServer
+from worker_runs import (
+    CountingServer,
+    batch_is_byte_exact,
+    killed_worker_loses_nothing,
+    lost_answer_does_not_hang,
+    visible,
+)
 
-from asyncdl import Downloader, RetryPolicy, Status, UsageError, download_many
+from asyncdl import Downloader, Status, UsageError
+from asyncdl._download import Engine
 from asyncdl._procs import ProcessCluster
 
-FAST_RETRY = RetryPolicy(retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
 pytestmark = pytest.mark.timeout(60)
-
-
-def visible(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".asyncdl"))
 
 
 def cluster_of(dl: Downloader) -> ProcessCluster:
@@ -80,41 +83,7 @@ async def wait_until(
 async def test_a_batch_is_byte_exact_with_names_distinct_across_workers(
     file_server: FileServer, tmp_path: Path
 ) -> None:
-    bodies = {f"/f{i}.bin": os.urandom(500 * i + 1) for i in range(12)}
-    # The same last segment in three shards: named in input order, as in a local run.
-    same = {f"/{d}/data.bin": os.urandom(100 + i) for i, d in enumerate("abc")}
-    # The same Content-Disposition name from six URLs: decided on the workers, never clobbered.
-    disposed = {f"/cd/{i}": os.urandom(200 + i) for i in range(6)}
-    for path, body in {**bodies, **same}.items():
-        file_server.add(path, body)
-    for path, body in disposed.items():
-        file_server.add(path, body, headers={"Content-Disposition": 'attachment; filename="report.pdf"'})
-    urls = [file_server.url(p) for p in [*bodies, *same, *disposed]]
-
-    results = await download_many(urls, tmp_path, processes=2, shard_size=3, jobs=4, retry_policy=FAST_RETRY)
-
-    assert [r.url for r in results] == urls  # input order, each URL once
-    assert all(r.status is Status.OK for r in results), [r.error for r in results]
-    for path, body in bodies.items():
-        assert (tmp_path / path.rsplit("/", 1)[1]).read_bytes() == body
-    assert [(tmp_path / n).read_bytes() for n in ("data.bin", "data.1.bin", "data.2.bin")] == list(
-        same.values()
-    )
-    cd_paths = [r.path for r in results[-6:]]
-    assert sorted(Path(p).read_bytes() for p in cd_paths if p) == sorted(disposed.values())
-    assert sorted(Path(p).name for p in cd_paths if p) == sorted(
-        ["report.pdf", *(f"report.{i}.pdf" for i in range(1, 6))]
-    )
-    assert {r.worker for r in results} == {0, 1}  # both workers took shards
-    assert sorted({r.shard for r in results}) == list(range(7))  # 21 URLs in shards of 3
-    assert len(visible(tmp_path)) == 21
-
-    # A re-run finds everything complete: no request at all, not even for the names the server gave.
-    before = len(file_server.requests)
-    again = await download_many(urls, tmp_path, processes=2, shard_size=3)
-    assert len(file_server.requests) == before
-    assert [r.status for r in again] == [Status.SKIPPED] * len(urls)
-    assert [r.path for r in again] == [r.path for r in results]
+    await batch_is_byte_exact(file_server, tmp_path, processes=2)
 
 
 async def test_progress_counts_the_workers_bytes(file_server: FileServer, tmp_path: Path) -> None:
@@ -129,49 +98,19 @@ async def test_progress_counts_the_workers_bytes(file_server: FileServer, tmp_pa
 
 
 async def test_a_killed_worker_process_loses_nothing(fault_server: FaultServer, tmp_path: Path) -> None:
-    big = os.urandom(3 * 1024 * 1024)  # more than a write buffer: part of it reaches the disk
-    fault_server.route("/big.bin", body=big, rate=1024 * 1024)  # about 3 s
-    small = {f"/s{i}.txt": f"small {i}".encode() for i in range(7)}
-    for path, body in small.items():
-        fault_server.route(path, body=body)
-    # Shard 0 (worker 0): three small files, then the big one; shard 1 (worker 1): the rest.
-    paths = [*list(small)[:3], "/big.bin", *list(small)[3:]]
-    urls = [fault_server.url(p) for p in paths]
-    records = []
+    pids: list[int] = []
 
-    async with Downloader(tmp_path, processes=2, shard_size=4, retry_policy=FAST_RETRY) as dl:
-        pids = await cluster_of(dl).pids()
-        killer = asyncio.ensure_future(_kill_when_partial(tmp_path, pids[0]))
-        async for result in dl.stream(urls):
-            records.append(result)
-        await killer
+    async def first_pid(dl: Downloader) -> int:
+        pids.extend(await cluster_of(dl).pids())
+        return pids[0]
+
+    async def restarted(dl: Downloader) -> None:
         after = await cluster_of(dl).pids()
+        assert after[0] != pids[0] and after[1] == pids[1]  # worker 0 was started again
+        pids.extend(after)
 
-    assert after[0] != pids[0] and after[1] == pids[1]  # worker 0 was started again
-    assert sorted(r.url for r in records) == sorted(urls)  # each URL exactly once
-    assert all(r.ok for r in records), [r.error for r in records]
-    assert (tmp_path / "big.bin").read_bytes() == big
-    for path, body in small.items():
-        assert (tmp_path / path[1:]).read_bytes() == body
-    # The big file was resumed from the bytes the dead worker had written, not fetched again whole;
-    # the small files its shard had finished were not fetched again.
-    ranges = [r.header("Range") for r in fault_server.requests_for("/big.bin")]
-    assert ranges[0] is None
-    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges[1:]), ranges
-    assert [len(fault_server.requests_for(p)) for p in small] == [1] * 7
-    assert [r for r in visible(tmp_path) if r.endswith(".part")] == []
-    assert not any(alive(pid) for pid in after)  # the run's end stopped them
-
-
-async def _kill_when_partial(directory: Path, pid: int) -> None:
-    """Kill the worker process once its partial file holds data on disk."""
-    for _ in range(1000):
-        parts = [p for p in directory.glob(".asyncdl-big.bin-*.part") if p.stat().st_size > 0]
-        if parts:
-            os.kill(pid, signal.SIGKILL)
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the big download never reached the disk")
+    await killed_worker_loses_nothing(fault_server, tmp_path, first_pid, then=restarted, processes=2)
+    assert not any(alive(pid) for pid in pids)  # the run's end stopped them all
 
 
 async def test_limit_rate_is_split_between_workers(file_server: FileServer, tmp_path: Path) -> None:
@@ -258,18 +197,6 @@ async def test_cli_end_to_end_with_a_report(file_server: FileServer, tmp_path: P
     assert re.search(r"^0 ok, 6 skipped, 1 failed", err, re.MULTILINE), err
 
 
-class CountingServer(FaultServer):
-    """A FaultServer that records how many body bytes it finished writing, per path."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: dict[str, int] = {}
-
-    async def _send_body(self, conn: Any, payload: bytes, *, limit: int, route: Route) -> None:
-        await super()._send_body(conn, payload, limit=limit, route=route)
-        self.sent[route.path] = self.sent.get(route.path, 0) + limit
-
-
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 async def test_stopping_the_driver_stops_the_workers_and_keeps_temporary_files(
     tmp_path: Path, how: str
@@ -322,27 +249,31 @@ async def test_stopping_the_driver_stops_the_workers_and_keeps_temporary_files(
 async def test_an_answer_that_never_arrives_does_not_hang_the_run(
     file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for i in range(6):
-        file_server.add(f"/w{i}.txt", f"body {i}".encode())
-    urls = [file_server.url(f"/w{i}.txt") for i in range(6)]
-    submit = ProcessCluster._submit
-    lost: list[int] = []
+    await lost_answer_does_not_hang(file_server, tmp_path, monkeypatch, ProcessCluster, processes=2)
 
-    def submit_and_lose_the_first_answer(self: ProcessCluster, worker: int, spec: Any) -> Any:
-        future, handle = submit(self, worker, spec)
-        if not lost:
-            # The shard runs on its worker, but its answer never reaches the driver loop.
-            lost.append(spec[4])
-            future = asyncio.ensure_future(asyncio.Event().wait())
-        return future, handle
 
-    monkeypatch.setattr(ProcessCluster, "_submit", submit_and_lose_the_first_answer)
-    results = await download_many(urls, tmp_path, processes=2, shard_size=3)
+async def test_a_server_name_taken_by_another_worker_after_the_check_takes_the_next_suffix(
+    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers share the directory: between this download's look at a Content-Disposition name and
+    its commit, another worker may commit a file of that name. Never a reason to skip (it used to be,
+    and the download then reported the other worker's file as its own)."""
+    file_server.add("/cd/x", b"mine", headers={"Content-Disposition": 'attachment; filename="report.pdf"'})
+    exists = Engine.exists
 
-    assert lost == [0]
-    assert [r.url for r in results] == urls  # each URL once
-    # The lost shard was handed out again and found its files complete: no second request for them.
-    assert [r.status for r in results] == [Status.SKIPPED] * 3 + [Status.OK] * 3
-    assert [len(file_server.requests_for(f"/w{i}.txt")) for i in range(6)] == [1] * 6
-    for i in range(6):
-        assert (tmp_path / f"w{i}.txt").read_bytes() == f"body {i}".encode()
+    async def exists_then_taken(self: Engine, directory: Path, name: str, *, exact: bool = False) -> bool:
+        found = await exists(self, directory, name, exact=exact)
+        if name == "report.pdf" and not found:
+            (directory / name).write_bytes(b"another worker's")  # taken right after the look
+        return found
+
+    monkeypatch.setattr(Engine, "exists", exists_then_taken)
+    downloader = Downloader(tmp_path)
+    downloader.settings = dataclasses.replace(downloader.settings, shared_dest=True)  # as on a worker
+    async with downloader as dl:
+        result = await dl.download(file_server.url("/cd/x"))
+
+    assert result.status is Status.OK, result
+    assert result.path == str(tmp_path / "report.1.pdf")
+    assert (tmp_path / "report.1.pdf").read_bytes() == b"mine"
+    assert (tmp_path / "report.pdf").read_bytes() == b"another worker's"

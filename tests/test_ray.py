@@ -15,17 +15,22 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from faultserver import FaultServer, Route
+from faultserver import FaultServer
 from httpserver import FileServer
+from worker_runs import (
+    CountingServer,
+    batch_is_byte_exact,
+    killed_worker_loses_nothing,
+    lost_answer_does_not_hang,
+    visible,
+)
 
-from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
+from asyncdl import Downloader, Request, Status
 
 ray = pytest.importorskip("ray")  # in the test extra: CI runs these
 
-FAST_RETRY = RetryPolicy(retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -39,94 +44,18 @@ def ray_instance() -> Iterator[None]:
         ray.shutdown()
 
 
-def visible(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".asyncdl"))
-
-
 async def test_a_batch_is_byte_exact_with_names_distinct_across_shards(
     file_server: FileServer, tmp_path: Path
 ) -> None:
-    bodies = {f"/f{i}.bin": os.urandom(500 * i + 1) for i in range(12)}
-    # The same last segment in three shards: named in input order, as in a local run.
-    same = {f"/{d}/data.bin": os.urandom(100 + i) for i, d in enumerate("abc")}
-    # The same Content-Disposition name from six URLs: decided on the workers, never clobbered.
-    disposed = {f"/cd/{i}": os.urandom(200 + i) for i in range(6)}
-    for path, body in {**bodies, **same}.items():
-        file_server.add(path, body)
-    for path, body in disposed.items():
-        file_server.add(path, body, headers={"Content-Disposition": 'attachment; filename="report.pdf"'})
-    urls = [file_server.url(p) for p in [*bodies, *same, *disposed]]
-
-    results = await download_many(
-        urls, tmp_path, ray="auto", workers=2, shard_size=3, jobs=4, retry_policy=FAST_RETRY
-    )
-
-    assert [r.url for r in results] == urls  # input order, each URL once
-    assert all(r.status is Status.OK for r in results), [r.error for r in results]
-    for path, body in bodies.items():
-        assert (tmp_path / path.rsplit("/", 1)[1]).read_bytes() == body
-    assert [(tmp_path / n).read_bytes() for n in ("data.bin", "data.1.bin", "data.2.bin")] == list(
-        same.values()
-    )
-    cd_paths = [r.path for r in results[-6:]]
-    assert len(set(cd_paths)) == 6
-    assert sorted(Path(p).read_bytes() for p in cd_paths if p) == sorted(disposed.values())
-    assert sorted(Path(p).name for p in cd_paths if p) == sorted(
-        ["report.pdf", *(f"report.{i}.pdf" for i in range(1, 6))]
-    )
-    assert {r.worker for r in results} == {0, 1}  # both workers took shards
-    assert sorted({r.shard for r in results}) == list(range(7))  # 21 URLs in shards of 3
-    assert len(visible(tmp_path)) == 21
-
-    # A re-run finds everything complete: no request at all, not even for the names the server gave.
-    before = len(file_server.requests)
-    again = await download_many(urls, tmp_path, ray="auto", workers=2, shard_size=3)
-    assert len(file_server.requests) == before
-    assert [r.status for r in again] == [Status.SKIPPED] * len(urls)
-    assert [r.path for r in again] == [r.path for r in results]
+    await batch_is_byte_exact(file_server, tmp_path, ray="auto", workers=2)
 
 
 async def test_a_killed_worker_loses_nothing(fault_server: FaultServer, tmp_path: Path) -> None:
-    big = os.urandom(3 * 1024 * 1024)  # more than a write buffer: part of it reaches the disk
-    fault_server.route("/big.bin", body=big, rate=1024 * 1024)  # about 3 s
-    small = {f"/s{i}.txt": f"small {i}".encode() for i in range(7)}
-    for path, body in small.items():
-        fault_server.route(path, body=body)
-    # Shard 0 (worker 0): three small files, then the big one; shard 1 (worker 1): the rest.
-    paths = [*list(small)[:3], "/big.bin", *list(small)[3:]]
-    urls = [fault_server.url(p) for p in paths]
-    records = []
+    async def first_pid(dl: Downloader) -> int:
+        pid: int = await dl._cluster.actors[0].pid.remote()  # type: ignore[union-attr]
+        return pid
 
-    async with Downloader(tmp_path, ray="auto", workers=2, shard_size=4, retry_policy=FAST_RETRY) as dl:
-        worker0 = dl._cluster.actors[0]  # type: ignore[union-attr]
-        pid = await worker0.pid.remote()
-        stream = dl.stream(urls)
-        killer = asyncio.ensure_future(_kill_when_partial(tmp_path, pid))
-        async for result in stream:
-            records.append(result)
-        await killer
-
-    assert sorted(r.url for r in records) == sorted(urls)  # each URL exactly once
-    assert all(r.ok for r in records), [r.error for r in records]
-    assert (tmp_path / "big.bin").read_bytes() == big
-    for path, body in small.items():
-        assert (tmp_path / path[1:]).read_bytes() == body
-    # The big file was resumed from the bytes the dead worker had written, not fetched again whole.
-    ranges = [r.header("Range") for r in fault_server.requests_for("/big.bin")]
-    assert ranges[0] is None
-    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges[1:]), ranges
-    assert [r for r in visible(tmp_path) if r.endswith(".part")] == []
-
-
-async def _kill_when_partial(directory: Path, pid: int) -> None:
-    """Kill the worker process once its partial file holds data on disk."""
-    for _ in range(400):
-        parts = [p for p in directory.glob(".asyncdl-big.bin-*.part") if p.stat().st_size > 0]
-        if parts:
-            os.kill(pid, signal.SIGKILL)
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the big download never reached the disk")
+    await killed_worker_loses_nothing(fault_server, tmp_path, first_pid, ray="auto", workers=2)
 
 
 async def test_limit_rate_is_split_between_workers(file_server: FileServer, tmp_path: Path) -> None:
@@ -190,18 +119,6 @@ async def test_cli_with_a_local_ray_end_to_end(file_server: FileServer, tmp_path
     assert sorted(r["status"] for r in records) == ["failed", "ok", "ok"]
     assert all(r["worker"] == 0 and r["shard"] == 0 for r in records)
     assert "1 failed" in err.splitlines()[-1]
-
-
-class CountingServer(FaultServer):
-    """A FaultServer that records how many body bytes it finished writing, per path."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: dict[str, int] = {}
-
-    async def _send_body(self, conn: Any, payload: bytes, *, limit: int, route: Route) -> None:
-        await super()._send_body(conn, payload, limit=limit, route=route)
-        self.sent[route.path] = self.sent.get(route.path, 0) + limit
 
 
 async def wait_until(condition: Callable[[], bool], proc: asyncio.subprocess.Process, what: str) -> None:
@@ -286,25 +203,4 @@ async def test_an_answer_that_never_arrives_does_not_hang_the_run(
 ) -> None:
     from asyncdl._ray import RayCluster
 
-    for i in range(4):
-        file_server.add(f"/w{i}.txt", f"body {i}".encode())
-    urls = [file_server.url(f"/w{i}.txt") for i in range(4)]
-    submit = RayCluster._submit
-    lost: list[int] = []
-
-    def submit_and_lose_the_first_answer(self: RayCluster, worker: int, spec: Any) -> Any:
-        future, handle = submit(self, worker, spec)
-        if not lost:
-            # The shard runs on its actor, but its answer never reaches the driver loop.
-            lost.append(spec[4])
-            future = asyncio.ensure_future(asyncio.Event().wait())
-        return future, handle
-
-    monkeypatch.setattr(RayCluster, "_submit", submit_and_lose_the_first_answer)
-    results = await download_many(urls, tmp_path, ray="auto", workers=2, shard_size=2)
-
-    assert lost == [0]
-    assert [r.url for r in results] == urls  # each URL once
-    # The lost shard was handed out again and found its files complete: no second request for them.
-    assert [r.status for r in results] == [Status.SKIPPED] * 2 + [Status.OK] * 2
-    assert [len(file_server.requests_for(f"/w{i}.txt")) for i in range(4)] == [1] * 4
+    await lost_answer_does_not_hang(file_server, tmp_path, monkeypatch, RayCluster, ray="auto", workers=2)
