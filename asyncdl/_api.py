@@ -228,11 +228,11 @@ class Downloader:
         engine = self._require_engine()
         return self._record(await self._run_plan(engine.plan(request)))
 
-    async def _run_plan(self, plan: Plan, *, recheck: bool = False) -> Result:
-        """Run one download planned elsewhere (a worker runs the driver's plans this way)."""
+    async def _run_plan(self, plan: Plan) -> Result:
+        """Run one planned download within the ``jobs`` limit."""
         engine = self._require_engine()
         async with self._slots:
-            return await engine.run(plan, recheck=recheck)
+            return await engine.run(plan)
 
     async def stream(
         self, requests: Iterable[RequestLike | BadEntry] | AsyncIterable[RequestLike | BadEntry]

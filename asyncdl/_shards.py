@@ -38,12 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._download import Plan, Settings, plain_name, plan_download
+from ._download import Engine, Plan, Settings, plain_name, plan_download
 from ._exceptions import AsyncdlError, StorageError, UsageError
+from ._files import ensure_dir
+from ._http import make_session
 from ._models import BadEntry, Request, Result, Status
 from ._naming import NameRegistry
 from ._pool import bounded_map
 from ._progress import ActiveDownload, Progress
+from ._ratelimit import RateLimiter
 from ._urls import redact_url
 
 # Two shards per worker: while one drains its last slow downloads the next already fills the -j pool,
@@ -116,25 +119,16 @@ class DownloadWorker:
     """
 
     def __init__(self, config: WorkerConfig) -> None:
-        from ._api import Downloader
-
         with contextlib.suppress(OSError):  # a node without that directory: dest must be absolute
             os.chdir(config.cwd)
         self.config = config
+        self.dest = Path(config.dest)
         self.progress = Progress()
-        self.downloader = Downloader(
-            config.dest,
-            jobs=config.jobs,
-            connections=config.connections,
-            timeout=config.timeout,
-            limit_rate=config.limit_rate,
-            progress=self.progress,
-            retry_policy=config.settings.retry,
-            overwrite=config.settings.overwrite,
-            headers=config.settings.headers,
-        )
         # Other workers write into the same directory (see Settings.shared_dest).
-        self.downloader.settings = dataclasses.replace(config.settings, shared_dest=True)
+        self.settings = dataclasses.replace(config.settings, shared_dest=True)
+        self._limiter = RateLimiter(config.limit_rate) if config.limit_rate else None
+        self._slots = asyncio.Semaphore(config.jobs)  # the -j downloads, shared by every shard
+        self._engine: Engine | None = None
         self.incarnation = f"{os.getpid()}-{id(self)}"
         self._shards: set[asyncio.Task[Any]] = set()  # the shards running now (close stops them)
         self._finished: deque[tuple[int, int]] = deque(maxlen=FINISHED_REMEMBERED)
@@ -143,7 +137,7 @@ class DownloadWorker:
         """Download every request of the shard; compact results in shard order (see ShardSpec)."""
         plans = self.plans(spec)
         try:
-            await self.downloader.open()  # once: the session lives as long as the actor
+            engine = await self._open()  # once: the session lives as long as the worker
         except StorageError as exc:
             # This node cannot write the output directory: its downloads fail, saying where.
             error = f"{exc} (on node {socket.gethostname()})"
@@ -162,7 +156,8 @@ class DownloadWorker:
 
         async def run(item: tuple[int, Plan]) -> None:
             index, plan = item
-            results[index] = await self.downloader._run_plan(plan, recheck=recheck)
+            async with self._slots:
+                results[index] = await engine.run(plan, recheck=recheck)
 
         # The downloader's -j slots are shared by every shard this worker runs at once.
         async with contextlib.aclosing(
@@ -187,10 +182,20 @@ class DownloadWorker:
         self._finished.append((spec[4], spec[3]))
         return "".join(statuses), sizes, attempts, errors, paths, self.incarnation, self.progress.bytes_done
 
+    async def _open(self) -> Engine:
+        if self._engine is None:
+            await ensure_dir(self.dest)
+            config = self.config
+            session = make_session(
+                connections=config.jobs * config.connections, stall_timeout_s=config.timeout
+            )
+            self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
+        return self._engine
+
     def plans(self, spec: ShardSpec) -> list[Plan]:
         """The Plans of a shard, rebuilt from what the driver sent."""
         urls, names, extras, _tries, _number = spec
-        dest = self.downloader.dest
+        dest = self.dest
         plans: list[Plan] = []
         for index, (url, name) in enumerate(zip(urls, names, strict=True)):
             extra = extras.get(index) if extras else None
@@ -225,7 +230,9 @@ class DownloadWorker:
             task.cancel()
         if running:
             await asyncio.wait(running)
-        await self.downloader.aclose()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.session.close()
         return self.incarnation, self.progress.bytes_done
 
 
