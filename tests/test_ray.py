@@ -24,6 +24,8 @@ from worker_runs import (
     batch_is_byte_exact,
     killed_worker_loses_nothing,
     lost_answer_does_not_hang,
+    partial_sizes,
+    start_asyncdl,
     visible,
 )
 
@@ -143,18 +145,10 @@ async def test_ctrl_c_on_the_driver_stops_the_workers_and_keeps_temporary_files(
         url_list.write_text("".join(f"{server.url(p)}\n" for p in [*bodies, "/small.txt"]))
         out = tmp_path / "out"
         # Shards of one URL: each worker stalls on one big file, and the small one completes.
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "asyncdl", str(url_list), "-d", str(out)),
-            *("--ray", "local", "--workers", "2", "--shard-size", "1"),
-            cwd=tmp_path,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_asyncdl(url_list, out, "--ray", "local", "--workers", "2", "--shard-size", "1")
 
         def partials() -> dict[str, int]:
-            found = {p: q for p in bodies for q in out.glob(f".asyncdl-{p[1:]}-*.part")}
-            return {p: q.stat().st_size for p, q in found.items()}
+            return partial_sizes(out, bodies)
 
         await wait_until((out / "small.txt").exists, proc, "the small file")
         await wait_until(lambda: all(server.sent.get(p) == stalled_at for p in bodies), proc, "the stalls")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,23 @@ FAST_RETRY = RetryPolicy(retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
 
 def visible(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".asyncdl"))
+
+
+async def start_asyncdl(url_list: Path, out: Path, *options: str) -> asyncio.subprocess.Process:
+    """``python -m asyncdl URL_LIST -d OUT OPTIONS...`` as a child process (stdout and stderr piped)."""
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "asyncdl", str(url_list), "-d", str(out), *options),
+        cwd=url_list.parent,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def partial_sizes(out: Path, paths: Iterable[str]) -> dict[str, int]:
+    """The size of each path's temporary file in ``out`` (paths without one are left out)."""
+    found = {p: q for p in paths for q in out.glob(f".asyncdl-{p[1:]}-*.part")}
+    return {p: q.stat().st_size for p, q in found.items()}
 
 
 class CountingServer(FaultServer):
