@@ -37,6 +37,7 @@ from ._files import (
     name_record_path,
     save_final_name,
     size_of,
+    storage_error,
 )
 from ._http import Body, Validator, open_body
 from ._models import BadEntry, Request, Result, Status
@@ -53,6 +54,7 @@ from ._progress import Progress
 from ._ratelimit import RateLimiter
 from ._retry import RetryPolicy
 from ._segments import PIECE_SIZE, FileChanged, PieceMap, fetch_pieces, write_piece
+from ._splice import WriteFailed
 from ._urls import redact_text, redact_url, usable_url_problem
 
 
@@ -445,6 +447,8 @@ class _Job:
         limiter = self.engine.limiter
         temp = self.temp
         key = self.key
+        if hasher is None and limiter is None and body.splice_candidate and await self._splice(body):
+            return await self._finish(url, None, temp.position)
         async for chunk in body.chunks():
             n = len(chunk)
             if limiter is not None:
@@ -460,6 +464,35 @@ class _Job:
                 f"body cut short: {size} of {total} bytes", received=size, expected=total, url=url
             )
         return await self._finish(url, hasher, size)
+
+    async def _splice(self, body: Body) -> bool:
+        """The body's rest from the socket straight into the file (see _splice); False: not possible."""
+        buffered, sock = body.detach()
+        temp = self.temp
+        progress = self.engine.progress
+        key = self.key
+        if buffered:
+            await temp.write(buffered)
+            progress.advance(key, len(buffered))
+            self.received += len(buffered)
+        if sock is None:
+            return False
+
+        def wrote(n: int) -> None:
+            temp.wrote(n)
+            progress.advance(key, n)
+            self.received += n
+
+        out = await temp.raw_fd()
+        try:
+            await body.splice_rest(
+                out, offset=temp.position, stall_timeout=self.engine.session.timeout.sock_read, on_bytes=wrote
+            )
+        except WriteFailed as exc:
+            cause = exc.__cause__
+            assert isinstance(cause, OSError)
+            raise storage_error(cause, "write", temp.path) from cause
+        return True
 
     async def _finish(self, url: str, hasher: Any, size: int) -> Result:
         checksum = self.request.checksum

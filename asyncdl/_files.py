@@ -345,6 +345,7 @@ class TempFile:
         self._offset = 0  # where the buffer starts in the file
         self._meta: ResumeMeta | None = None
         self._meta_on_disk = False  # a metadata file may exist and must be removed at commit
+        self._seek_first = False  # bytes went in through raw_fd(): the handle must move past them
 
     @property
     def position(self) -> int:
@@ -399,11 +400,32 @@ class TempFile:
         try:
             if self._file is None:
                 await self._open()
+            elif self._seek_first:
+                await self._file.seek(self._offset)
+            self._seek_first = False
         except OSError as exc:
             raise storage_error(exc, "write", self.path) from exc
         # writelines: each chunk goes to the kernel as it is, without joining them into a new buffer.
         self._writing = asyncio.ensure_future(self._file.writelines(chunks))
         self._offset += size
+
+    async def raw_fd(self) -> int:
+        """The open file's descriptor, for writes at offsets from ``position`` on (see ``wrote``)."""
+        await self.flush()
+        await self._wait_for_write()
+        try:
+            if self._file is None:
+                await self._open()
+            await self._file.flush()
+        except OSError as exc:
+            raise storage_error(exc, "write", self.path) from exc
+        fd: int = self._file.fileno()
+        return fd
+
+    def wrote(self, n: int) -> None:
+        """``n`` more bytes are in the file at ``position``, written through ``raw_fd()``."""
+        self._offset += n
+        self._seek_first = True
 
     async def _wait_for_write(self) -> None:
         if self._writing is not None:

@@ -13,7 +13,7 @@ import netrc
 import os
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
+from . import _splice
 from ._exceptions import (
     ConnectError,
     DownloadError,
@@ -227,6 +228,7 @@ class Body:
         self.range_start, self.range_total = _content_range(headers.get("Content-Range"))
         self.requested_offset = requested_offset
         self.received = 0
+        self._socket: int | None = None  # set by detach(): the body's rest is read from it
 
     @property
     def validator(self) -> Validator:
@@ -273,6 +275,55 @@ class Body:
             expected=expected,
             url=self.url,
         )
+
+    @property
+    def splice_candidate(self) -> bool:
+        """Whether the rest of this body may go from the socket to the file by splice (see _splice)."""
+        length = self.content_length
+        return (
+            _splice.AVAILABLE
+            and length is not None
+            and length - self.received >= _splice.MIN_REST
+            and self.content_encoding in (None, "identity")
+        )
+
+    def detach(self) -> tuple[bytes, int | None]:
+        """The body bytes aiohttp holds, and the socket for the rest (None: go on with ``chunks()``)."""
+        buffered, sock = _splice.detach_socket(self._response)
+        self.received += len(buffered)
+        self._socket = sock
+        return buffered, sock
+
+    async def splice_rest(
+        self, out: int, *, offset: int, stall_timeout: float | None, on_bytes: Callable[[int], None]
+    ) -> None:
+        """After ``detach()`` gave a socket: the rest of the body into the file ``out`` from ``offset``.
+
+        A short body raises IncompleteBody; a failed write raises ``_splice.WriteFailed``.
+        """
+        assert self.content_length is not None and self._socket is not None
+        expected = self.content_length
+
+        def counted(n: int) -> None:
+            self.received += n
+            on_bytes(n)
+
+        try:
+            await _splice.pump(
+                self._socket,
+                out,
+                offset=offset,
+                count=expected - self.received,
+                stall_timeout=stall_timeout,
+                on_bytes=counted,
+                url=self.url,
+            )
+        except OSError as exc:
+            raise translate(exc, self.url) from exc
+        finally:
+            self._response.close()  # aiohttp's parser still expects the body: never reuse this connection
+        if self.received < expected:
+            raise self._incomplete(expected)
 
     def release(self) -> None:
         self._response.release()
@@ -400,7 +451,7 @@ async def open_body(
 # --- uploads ---
 # (imports kept here, with the code that needs them, so this section stays self-contained)
 import mimetypes  # noqa: E402
-from collections.abc import AsyncGenerator, Callable  # noqa: E402
+from collections.abc import AsyncGenerator  # noqa: E402
 
 from ._exceptions import UploadError  # noqa: E402
 

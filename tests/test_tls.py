@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,24 @@ def self_signed(tmp_path: Path) -> ssl.SSLContext:
     return context
 
 
+@asynccontextmanager
+async def tls_server(
+    context: ssl.SSLContext, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[str]:
+    """An aiohttp server on 127.0.0.1 answering every path with ``handler``; yields its origin."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_an_unverifiable_certificate_fails_the_download(
     self_signed: ssl.SSLContext, tmp_path: Path
 ) -> None:
@@ -55,17 +75,8 @@ async def test_an_unverifiable_certificate_fails_the_download(
         served.append(request.path)
         return web.Response(body=b"secret")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self_signed)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        (result,) = await download_many([f"https://127.0.0.1:{port}/f"], tmp_path / "out")
-    finally:
-        await runner.cleanup()
+    async with tls_server(self_signed, handler) as origin:
+        (result,) = await download_many([f"{origin}/f"], tmp_path / "out")
     assert result.status is Status.FAILED
     assert "certificate" in (result.error or "").lower()
     assert result.attempts == 1  # refused for good: no retry can help

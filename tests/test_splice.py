@@ -1,0 +1,297 @@
+"""Large plain-HTTP bodies go from the socket to the file by splice(2) (asyncdl/_splice.py).
+
+Every test runs against a real server on 127.0.0.1 and checks the bytes on disk; a spy on
+``_splice.pump`` shows which path a download took, so a test of the splice path fails when the
+download quietly falls back to aiohttp's reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from faultserver import FaultServer, RecordedRequest
+from test_robustness import mounted_tmpfs, temp_files, visible
+from test_tls import self_signed, tls_server  # noqa: F401 - self_signed is a fixture
+
+import asyncdl._splice as splice_module
+from asyncdl import Downloader, RetryPolicy, Status, download_many
+from asyncdl._http import make_session
+from asyncdl._models import Checksum
+
+pytestmark = pytest.mark.skipif(not splice_module.AVAILABLE, reason="os.splice is Linux-only")
+
+MiB = 1024 * 1024
+BIG = os.urandom(8 * MiB)
+
+
+def fast(retries: int = 3) -> RetryPolicy:
+    return RetryPolicy(retries=retries, backoff_base_s=0.001, backoff_max_s=0.002)
+
+
+def range_start(request: RecordedRequest) -> int | None:
+    value = request.header("Range")
+    return None if value is None else int(value[len("bytes=") :].rstrip("-"))
+
+
+class PumpSpy:
+    """Wraps ``_splice.pump``: counts its calls and the bytes it moved; can act at a byte count."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.moved = 0
+        self.at: tuple[int, Callable[[], None]] | None = None
+        real = splice_module.pump
+
+        async def pump(*args: Any, on_bytes: Callable[[int], None], **kwargs: Any) -> int:
+            self.calls += 1
+
+            def counted(n: int) -> None:
+                self.moved += n
+                if self.at is not None and self.moved >= self.at[0]:
+                    _, act = self.at
+                    self.at = None
+                    act()
+                on_bytes(n)
+
+            return await real(*args, on_bytes=counted, **kwargs)
+
+        monkeypatch.setattr(splice_module, "pump", pump)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> PumpSpy:
+    return PumpSpy(monkeypatch)
+
+
+def splice_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "asyncdl-splice"]
+
+
+async def test_a_large_body_is_spliced_byte_exact(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/big.bin", body=BIG)
+    fault_server.route("/small.bin", body=BIG[:MiB])
+    results = await download_many(
+        [fault_server.url("/big.bin"), fault_server.url("/small.bin")], tmp_path, retry_policy=fast()
+    )
+    assert [r.status for r in results] == [Status.OK, Status.OK], [r.error for r in results]
+    assert results[0].bytes == len(BIG) and results[1].bytes == MiB
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    assert (tmp_path / "small.bin").read_bytes() == BIG[:MiB]
+    assert spy.calls == 1  # the big body only: a small one is not worth a thread and a connection
+    assert 0 < spy.moved <= len(BIG)  # the rest after what aiohttp had buffered
+    assert visible(tmp_path) == ["big.bin", "small.bin"] and temp_files(tmp_path) == []
+    assert splice_threads() == []
+
+
+async def test_the_bytes_aiohttp_buffered_while_paused_come_first(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """aiohttp pauses a full buffer and keeps unparsed input in its parser: detach takes all of it."""
+    fault_server.route("/big.bin", body=BIG)
+    out = tmp_path / "out"
+    async with (
+        make_session(connections=1, stall_timeout_s=10) as session,
+        session.get(fault_server.url("/big.bin")) as response,
+    ):
+        protocol: Any = response.connection.protocol  # type: ignore[union-attr]
+        for _ in range(100_000):  # each pass of the loop lets the client read a little more
+            if protocol._reading_paused:
+                break
+            await asyncio.sleep(0)
+        assert protocol._reading_paused, "aiohttp never paused: the case under test did not happen"
+        buffered, sock = splice_module.detach_socket(response)
+        assert sock is not None
+        assert 0 < len(buffered) < len(BIG)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, buffered)
+            moved = await splice_module.pump(
+                sock,
+                fd,
+                offset=len(buffered),
+                count=len(BIG) - len(buffered),
+                stall_timeout=10,
+                on_bytes=lambda n: None,
+                url="http://x/",
+            )
+        finally:
+            os.close(fd)
+        response.close()
+    assert moved == len(BIG) - len(buffered)
+    assert out.read_bytes() == BIG
+
+
+async def test_a_tls_body_is_read_by_aiohttp(self_signed: ssl.SSLContext) -> None:  # noqa: F811
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=BIG)
+
+    async with (
+        tls_server(self_signed, handler) as origin,
+        aiohttp.ClientSession() as session,
+        session.get(f"{origin}/big", ssl=False) as response,
+    ):
+        buffered, sock = splice_module.detach_socket(response)
+        assert sock is None  # the socket carries TLS records, not the body
+        rest = await response.content.read()
+    assert buffered + rest == BIG
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"reset_after": 5 * MiB}, {"truncate_after": 5 * MiB}],
+    ids=["reset", "truncated"],
+)
+async def test_a_broken_spliced_body_keeps_every_byte_and_resumes(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy, fault: dict[str, int]
+) -> None:
+    fault_server.route("/big.bin", body=BIG, fail_times=1, **fault)
+    result = (await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast()))[0]
+    assert result.status is Status.OK, result.error
+    assert result.attempts == 2
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    first, second = fault_server.requests_for("/big.bin")
+    assert range_start(first) is None
+    if "truncate_after" in fault:
+        assert range_start(second) == 5 * MiB  # nothing received before the break was lost
+    else:
+        # A reset also drops what the server's kernel had not sent yet: the client resumes after
+        # what reached it, well into the spliced part.
+        assert 2 * MiB < (range_start(second) or 0) <= 5 * MiB
+    assert spy.calls == 2  # the 3 MiB rest is spliced too
+    assert temp_files(tmp_path) == []
+
+
+async def test_a_stalled_spliced_body_is_cut_by_the_timeout(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/big.bin", body=BIG, stall_after=5 * MiB, fail_times=1)
+    started = time.monotonic()
+    result = (
+        await download_many([fault_server.url("/big.bin")], tmp_path, timeout=0.3, retry_policy=fast())
+    )[0]
+    assert result.status is Status.OK, result.error
+    assert result.attempts == 2
+    assert time.monotonic() - started < 10
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    assert range_start(fault_server.requests_for("/big.bin")[1]) == 5 * MiB
+    assert spy.calls >= 1
+
+
+async def test_a_server_that_always_stalls_fails_as_a_stall(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/big.bin", body=BIG, stall_after=3 * MiB)
+    result = (
+        await download_many([fault_server.url("/big.bin")], tmp_path, timeout=0.2, retry_policy=fast(1))
+    )[0]
+    assert result.status is Status.FAILED
+    assert "stalled" in (result.error or ""), result.error
+    assert spy.calls == 2
+    # Each attempt got 3 MiB before the stall; all of it is kept for the next run.
+    (partial,) = temp_files(tmp_path)
+    assert partial.read_bytes() == BIG[: 6 * MiB]
+    assert splice_threads() == []
+
+
+async def test_a_body_longer_than_its_content_length_is_cut_at_the_length(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/big.bin", body=BIG, content_length=6 * MiB)
+    result = (await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast()))[0]
+    assert result.status is Status.OK and result.bytes == 6 * MiB
+    assert (tmp_path / "big.bin").read_bytes() == BIG[: 6 * MiB]
+    assert spy.calls == 1
+
+
+async def test_a_cancelled_splice_stops_its_thread_and_keeps_the_bytes(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/big.bin", body=BIG, stall_after=5 * MiB)
+    reached = asyncio.Event()
+    spy.at = (MiB, reached.set)  # well into the spliced part
+    async with Downloader(tmp_path, timeout=60, retry_policy=fast()) as downloader:
+        task = asyncio.ensure_future(downloader.download(fault_server.url("/big.bin")))
+        await asyncio.wait_for(reached.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert splice_threads() == []
+    (partial,) = temp_files(tmp_path)
+    kept = partial.stat().st_size
+    assert kept >= MiB
+    assert partial.read_bytes() == BIG[:kept]
+    # The next run resumes after the kept bytes.
+    fault_server.route("/big.bin", body=BIG)
+    result = (await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast()))[0]
+    assert result.status is Status.OK, result.error
+    assert range_start(fault_server.requests_for("/big.bin")[-1]) == kept
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+
+
+async def test_a_full_disk_during_a_splice_fails_that_download_only(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    with mounted_tmpfs(tmp_path / "small", "size=6m") as dest:
+        fault_server.route("/a", body=b"a" * 1000)
+        fault_server.route("/big", body=BIG)
+        results = await download_many(
+            [fault_server.url("/a"), fault_server.url("/big")], dest, jobs=1, retry_policy=fast()
+        )
+        assert [r.status for r in results] == [Status.OK, Status.FAILED]
+        assert "no space left on device" in (results[1].error or ""), results[1].error
+        assert results[1].attempts == 1  # no retry can help
+        assert spy.calls == 1
+        assert visible(dest) == ["a"]
+
+
+async def test_checksums_and_rate_limits_keep_aiohttp_s_reader(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    import hashlib
+
+    fault_server.route("/big.bin", body=BIG)
+    checksum = Checksum("sha256", hashlib.sha256(BIG).hexdigest())
+    from asyncdl import Request
+
+    (checked,) = await download_many(
+        [Request(fault_server.url("/big.bin"), checksum=checksum)], tmp_path / "c", retry_policy=fast()
+    )
+    (limited,) = await download_many(
+        [fault_server.url("/big.bin")], tmp_path / "l", limit_rate=1024 * MiB, retry_policy=fast()
+    )
+    assert checked.status is Status.OK and limited.status is Status.OK
+    assert (tmp_path / "c" / "big.bin").read_bytes() == BIG == (tmp_path / "l" / "big.bin").read_bytes()
+    assert spy.calls == 0
+
+
+def test_a_failed_write_is_told_apart_from_the_socket(tmp_path: Path) -> None:
+    left, right = socket.socketpair()
+    (tmp_path / "ro").write_bytes(b"")
+    read_only = os.open(tmp_path / "ro", os.O_RDONLY)
+    stop = splice_module._Stop()
+    try:
+        left.sendall(b"x" * 1000)
+        right.setblocking(False)
+        with pytest.raises(splice_module.WriteFailed) as caught:
+            splice_module._pump(
+                right.fileno(), read_only, 0, 1000, stall_timeout=5, stop=stop, report=lambda n: None
+            )
+        assert isinstance(caught.value.__cause__, OSError)
+    finally:
+        stop.close()
+        os.close(read_only)
+        left.close()
+        right.close()
