@@ -295,3 +295,27 @@ def test_a_failed_write_is_told_apart_from_the_socket(tmp_path: Path) -> None:
         os.close(read_only)
         left.close()
         right.close()
+
+
+def test_a_file_that_cannot_take_a_splice_gets_the_bytes_copied(tmp_path: Path) -> None:
+    """splice(2) into an O_APPEND file fails with EINVAL, as on file systems without splice support."""
+    data = os.urandom(300_000)
+    left, right = socket.socketpair()
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    stop = splice_module._Stop()
+    reported: list[int] = []
+    try:
+        sender = threading.Thread(target=left.sendall, args=(data,))
+        sender.start()
+        right.setblocking(False)
+        moved = splice_module._pump(
+            right.fileno(), out, 0, len(data), stall_timeout=5, stop=stop, report=reported.append
+        )
+        sender.join()
+    finally:
+        stop.close()
+        os.close(out)
+        left.close()
+        right.close()
+    assert moved == len(data) and reported[-1] == len(data)
+    assert (tmp_path / "out").read_bytes() == data
