@@ -222,6 +222,7 @@ class Body:
         self.last_modified = headers.get("Last-Modified")
         self.content_disposition = headers.get("Content-Disposition")
         self.content_encoding = headers.get("Content-Encoding")
+        self.chunked = "Transfer-Encoding" in headers  # framing other than Content-Length
         self.accept_ranges = headers.get("Accept-Ranges", "").lower() == "bytes"
         length = headers.get("Content-Length")
         self.content_length = int(length) if length and length.isdigit() else None
@@ -285,6 +286,7 @@ class Body:
             and length is not None
             and length - self.received >= _splice.MIN_REST
             and self.content_encoding in (None, "identity")
+            and not self.chunked
         )
 
     def detach(self) -> tuple[bytes, int | None]:

@@ -21,12 +21,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from faultserver import FaultServer, RecordedRequest
+from multidict import CIMultiDict
 from test_robustness import mounted_tmpfs, temp_files, visible
 from test_tls import self_signed, tls_server  # noqa: F401 - self_signed is a fixture
 
 import asyncdl._splice as splice_module
 from asyncdl import Downloader, RetryPolicy, Status, download_many
-from asyncdl._http import make_session
+from asyncdl._http import Body, make_session
 from asyncdl._models import Checksum
 
 pytestmark = pytest.mark.skipif(not splice_module.AVAILABLE, reason="os.splice is Linux-only")
@@ -214,6 +215,43 @@ async def test_a_body_longer_than_its_content_length_is_cut_at_the_length(
     assert result.status is Status.OK and result.bytes == 6 * MiB
     assert (tmp_path / "big.bin").read_bytes() == BIG[: 6 * MiB]
     assert spy.calls == 1
+
+
+async def test_a_chunked_body_that_also_claims_a_length_is_never_spliced(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    body = BIG[: 3 * MiB]
+    framed = b"".join(
+        b"%x\r\n%s\r\n" % (64 * 1024, body[i : i + 64 * 1024]) for i in range(0, len(body), 64 * 1024)
+    )
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body)
+    fault_server.route("/both", raw=head + framed + b"0\r\n\r\n")
+    result = (await download_many([fault_server.url("/both")], tmp_path, retry_policy=fast(1)))[0]
+    assert spy.calls == 0  # the socket carries chunk framing, not the body
+    if result.status is Status.OK:
+        assert (tmp_path / "both").read_bytes() == body
+    else:
+        assert visible(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "candidate"),
+    [
+        ({"Content-Length": str(3 * MiB)}, True),
+        ({"Content-Length": str(3 * MiB), "Content-Encoding": "identity"}, True),
+        ({"Content-Length": str(MiB)}, False),  # small: aiohttp's reader
+        ({"Content-Length": str(3 * MiB), "Transfer-Encoding": "chunked"}, False),
+        ({"Content-Length": str(3 * MiB), "Content-Encoding": "gzip"}, False),
+        ({}, False),  # no length: read until the server closes
+    ],
+)
+def test_which_bodies_may_be_spliced(headers: dict[str, str], candidate: bool) -> None:
+    class Answer:
+        status = 200
+
+    answer = Answer()
+    answer.headers = CIMultiDict(headers)  # type: ignore[attr-defined]
+    assert Body(answer, url="http://x/", requested_offset=0).splice_candidate is candidate  # type: ignore[arg-type]
 
 
 async def test_a_cancelled_splice_stops_its_thread_and_keeps_the_bytes(
