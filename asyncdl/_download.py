@@ -433,8 +433,12 @@ class _Job:
         await self._maybe_rename(body)
         total = body.total_size
         checksum = self.request.checksum
+        limiter = self.engine.limiter
+        # A spliced body never passes through Python: its checksum is computed from the file at the
+        # end (also when the splice turns out impossible after all: the first bytes are taken then).
+        splice = limiter is None and body.splice_candidate
         hasher: Any = None
-        if checksum is not None:
+        if checksum is not None and not splice:
             hasher = (
                 await hash_prefix(self.temp.path, start, checksum.algorithm)
                 if start
@@ -444,11 +448,10 @@ class _Job:
         await self.temp.begin(start, meta)
         progress = self.engine.progress
         progress.begin(self.key, done=start, total=total)
-        limiter = self.engine.limiter
         temp = self.temp
         key = self.key
-        if hasher is None and limiter is None and body.splice_candidate and await self._splice(body):
-            return await self._finish(url, None, temp.position)
+        if splice and await self._splice(body):
+            return await self._finish(url, await self._hash_file(), temp.position)
         async for chunk in body.chunks():
             n = len(chunk)
             if limiter is not None:
@@ -463,7 +466,17 @@ class _Job:
             raise IncompleteBody(
                 f"body cut short: {size} of {total} bytes", received=size, expected=total, url=url
             )
+        if splice:
+            hasher = await self._hash_file()
         return await self._finish(url, hasher, size)
+
+    async def _hash_file(self) -> Any:
+        """The checksum's hash of the whole temporary file (None without a checksum)."""
+        checksum = self.request.checksum
+        if checksum is None:
+            return None
+        await self.temp.raw_fd()  # everything written, nothing left in buffers
+        return await hash_prefix(self.temp.path, self.temp.position, checksum.algorithm)
 
     async def _splice(self, body: Body) -> bool:
         """The body's rest from the socket straight into the file (see _splice); False: not possible."""
@@ -496,7 +509,8 @@ class _Job:
 
     async def _finish(self, url: str, hasher: Any, size: int) -> Result:
         checksum = self.request.checksum
-        if checksum is not None and hasher is not None:
+        if checksum is not None:
+            assert hasher is not None, "every path to a finished download with a checksum hashes it"
             actual = hasher.hexdigest()
             if actual != checksum.hexdigest:
                 await self.temp.discard()

@@ -8,6 +8,7 @@ download quietly falls back to aiohttp's reader.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import ssl
@@ -26,7 +27,7 @@ from test_robustness import mounted_tmpfs, temp_files, visible
 from test_tls import self_signed, tls_server  # noqa: F401 - self_signed is a fixture
 
 import asyncdl._splice as splice_module
-from asyncdl import Downloader, RetryPolicy, Status, download_many
+from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
 from asyncdl._http import Body, make_session
 from asyncdl._models import Checksum
 
@@ -295,24 +296,51 @@ async def test_a_full_disk_during_a_splice_fails_that_download_only(
         assert visible(dest) == ["a"]
 
 
-async def test_checksums_and_rate_limits_keep_aiohttp_s_reader(
+async def test_a_rate_limit_keeps_aiohttp_s_reader(
     fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
 ) -> None:
-    import hashlib
-
     fault_server.route("/big.bin", body=BIG)
-    checksum = Checksum("sha256", hashlib.sha256(BIG).hexdigest())
-    from asyncdl import Request
-
-    (checked,) = await download_many(
-        [Request(fault_server.url("/big.bin"), checksum=checksum)], tmp_path / "c", retry_policy=fast()
-    )
     (limited,) = await download_many(
-        [fault_server.url("/big.bin")], tmp_path / "l", limit_rate=1024 * MiB, retry_policy=fast()
+        [fault_server.url("/big.bin")], tmp_path, limit_rate=1024 * MiB, retry_policy=fast()
     )
-    assert checked.status is Status.OK and limited.status is Status.OK
-    assert (tmp_path / "c" / "big.bin").read_bytes() == BIG == (tmp_path / "l" / "big.bin").read_bytes()
-    assert spy.calls == 0
+    assert limited.status is Status.OK
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    assert spy.calls == 0  # the limiter takes its tokens chunk by chunk, on the event loop
+
+
+async def test_a_spliced_body_is_checked_against_its_checksum(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/good.bin", body=BIG)
+    fault_server.route("/bad.bin", body=BIG)
+    good = Request(
+        fault_server.url("/good.bin"), checksum=Checksum("sha256", hashlib.sha256(BIG).hexdigest())
+    )
+    bad = Request(
+        fault_server.url("/bad.bin"), checksum=Checksum("sha256", hashlib.sha256(b"other").hexdigest())
+    )
+    ok, mismatched = await download_many([good, bad], tmp_path, retry_policy=fast(0))
+    assert spy.calls == 2
+    assert ok.status is Status.OK, ok.error
+    assert (tmp_path / "good.bin").read_bytes() == BIG
+    assert mismatched.status is Status.FAILED
+    assert "mismatch" in (mismatched.error or ""), mismatched.error
+    assert visible(tmp_path) == ["good.bin"] and temp_files(tmp_path) == []
+
+
+async def test_a_resumed_spliced_body_is_checked_whole(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    """The second attempt splices only the rest: the checksum still covers the first attempt's bytes."""
+    fault_server.route("/big.bin", body=BIG, truncate_after=3 * MiB, fail_times=1)
+    checked = Request(
+        fault_server.url("/big.bin"), checksum=Checksum("sha256", hashlib.sha256(BIG).hexdigest())
+    )
+    (result,) = await download_many([checked], tmp_path, retry_policy=fast())
+    assert result.status is Status.OK and result.attempts == 2, result.error
+    assert range_start(fault_server.requests_for("/big.bin")[1]) == 3 * MiB
+    assert spy.calls == 2
+    assert (tmp_path / "big.bin").read_bytes() == BIG
 
 
 def test_a_failed_write_is_told_apart_from_the_socket(tmp_path: Path) -> None:
