@@ -230,6 +230,7 @@ class Body:
         self.requested_offset = requested_offset
         self.received = 0
         self._socket: int | None = None  # set by detach(): the body's rest is read from it
+        self._pipes: _splice.Pipes | None = None  # and through these
 
     @property
     def validator(self) -> Validator:
@@ -291,9 +292,16 @@ class Body:
 
     def detach(self) -> tuple[bytes, int | None]:
         """The body bytes aiohttp holds, and the socket for the rest (None: go on with ``chunks()``)."""
+        try:
+            pipes = _splice.Pipes()
+        except OSError:  # out of descriptors: aiohttp's reader needs none
+            return b"", None
         buffered, sock = _splice.detach_socket(self._response)
         self.received += len(buffered)
-        self._socket = sock
+        if sock is None:
+            pipes.close()
+        else:
+            self._socket, self._pipes = sock, pipes
         return buffered, sock
 
     async def splice_rest(
@@ -303,7 +311,7 @@ class Body:
 
         A short body raises IncompleteBody; a failed write raises ``_splice.WriteFailed``.
         """
-        assert self.content_length is not None and self._socket is not None
+        assert self.content_length is not None and self._socket is not None and self._pipes is not None
         expected = self.content_length
 
         def counted(n: int) -> None:
@@ -314,6 +322,7 @@ class Body:
             await _splice.pump(
                 self._socket,
                 out,
+                self._pipes,
                 offset=offset,
                 count=expected - self.received,
                 stall_timeout=stall_timeout,

@@ -107,21 +107,33 @@ class WriteFailed(Exception):
     """Writing to the file failed (the OSError is the cause)."""
 
 
-class _Stop:
-    """A cancelled download's request to stop, visible to the pump thread at once."""
+class Pipes:
+    """The descriptors one spliced body needs, made before aiohttp is asked to let go of the socket.
+
+    A process out of descriptors (EMFILE) fails here, where the normal reader can still take over.
+    ``data``: the pipe between socket and file; ``wake``: wakes the thread's poll at a stop request.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.data_r, self.data_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            os.close(self.data_r)
+            os.close(self.data_w)
+            raise
+        with contextlib.suppress(OSError):  # a smaller pipe still works, with more calls
+            fcntl.fcntl(self.data_w, _F_SETPIPE_SZ, PIPE_SIZE)
 
-    def request(self) -> None:
+    def request_stop(self) -> None:
         self.requested = True
         with contextlib.suppress(OSError):
             os.write(self.wake_w, b"x")
 
     def close(self) -> None:
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        for fd in (self.data_r, self.data_w, self.wake_r, self.wake_w):
+            os.close(fd)
 
 
 def _pump(  # noqa: PLR0917 - one call site, in this module
@@ -130,7 +142,7 @@ def _pump(  # noqa: PLR0917 - one call site, in this module
     offset: int,
     count: int,
     stall_timeout: float | None,
-    stop: _Stop,
+    pipes: Pipes,
     report: Callable[[int], None],
 ) -> int:
     """Move up to ``count`` bytes from ``sock`` into ``out`` at ``offset``; return how many.
@@ -138,12 +150,10 @@ def _pump(  # noqa: PLR0917 - one call site, in this module
     Returns early at the end of the stream or at a stop request. Raises TimeoutError for a stall,
     OSError for the socket and WriteFailed for the file; the bytes written before are reported.
     """
-    pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
+    pipe_r, pipe_w = pipes.data_r, pipes.data_w
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    poller.register(stop.wake_r, select.POLLIN)
+    poller.register(pipes.wake_r, select.POLLIN)
     wait_ms = -1 if stall_timeout is None else max(1, int(stall_timeout * 1000))
     done = 0
     reported = 0
@@ -151,7 +161,7 @@ def _pump(  # noqa: PLR0917 - one call site, in this module
     flags = os.SPLICE_F_MOVE
     copy = False
     try:
-        while done < count and not stop.requested:
+        while done < count and not pipes.requested:
             try:
                 n = os.splice(sock, pipe_w, min(PIPE_SIZE, count - done), flags=flags | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
@@ -180,13 +190,12 @@ def _pump(  # noqa: PLR0917 - one call site, in this module
         return done
     finally:
         report(done)
-        os.close(pipe_r)
-        os.close(pipe_w)
 
 
 async def pump(
     sock: int,
     out: int,
+    pipes: Pipes,
     *,
     offset: int,
     count: int,
@@ -196,6 +205,7 @@ async def pump(
 ) -> int:
     """Splice ``count`` bytes of body from ``sock`` into the file ``out`` at ``offset`` in a thread.
 
+    Takes ``pipes`` over: they are closed when this returns.
     ``on_bytes(n)`` is called on the event loop as bytes reach the file, and for every one of them
     before this returns or raises. Returns the bytes written (fewer than ``count`` when the server
     closed early). Raises StallError, WriteFailed (the file), or the socket's OSError. A cancelled
@@ -213,22 +223,25 @@ async def pump(
     def report(total: int) -> None:
         loop.call_soon_threadsafe(note, total)
 
-    stop = _Stop()
     future: concurrent.futures.Future[int] = concurrent.futures.Future()
 
     def run() -> None:
         try:
-            future.set_result(_pump(sock, out, offset, count, stall_timeout, stop, report))
+            future.set_result(_pump(sock, out, offset, count, stall_timeout, pipes, report))
         except BaseException as exc:  # handed to the awaiting coroutine
             future.set_exception(exc)
 
-    threading.Thread(target=run, name="asyncdl-splice", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="asyncdl-splice", daemon=True).start()
+    except RuntimeError as exc:  # no thread to be had: a transient failure, retried from the disk
+        pipes.close()
+        raise OSError(errno.EAGAIN, f"cannot start a thread: {exc}") from exc
     waiting = asyncio.wrap_future(future)
     try:
         try:
             done = await asyncio.shield(waiting)
         except asyncio.CancelledError:
-            stop.request()
+            pipes.request_stop()
             while not waiting.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(waiting)
@@ -238,6 +251,6 @@ async def pump(
     except TimeoutError as exc:
         raise StallError(f"stalled: no data for the stall timeout ({redact_url(url)})", url=url) from exc
     finally:
-        stop.close()
+        pipes.close()
     note(done)  # the thread's last report may still be queued behind this wake-up
     return done

@@ -8,6 +8,7 @@ download quietly falls back to aiohttp's reader.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import socket
@@ -123,6 +124,7 @@ async def test_the_bytes_aiohttp_buffered_while_paused_come_first(
             moved = await splice_module.pump(
                 sock,
                 fd,
+                splice_module.Pipes(),
                 offset=len(buffered),
                 count=len(BIG) - len(buffered),
                 stall_timeout=10,
@@ -255,6 +257,41 @@ def test_which_bodies_may_be_spliced(headers: dict[str, str], candidate: bool) -
     assert Body(answer, url="http://x/", requested_offset=0).splice_candidate is candidate  # type: ignore[arg-type]
 
 
+async def test_out_of_descriptors_keeps_aiohttp_s_reader(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_descriptors() -> splice_module.Pipes:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(splice_module, "Pipes", no_descriptors)
+    fault_server.route("/big.bin", body=BIG)
+    (result,) = await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast())
+    assert result.status is Status.OK and result.attempts == 1, result.error
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    assert spy.calls == 0
+
+
+async def test_no_thread_for_the_splice_is_a_retried_failure(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def start_once_refused(self: threading.Thread) -> None:
+        if self.name == "asyncdl-splice" and not refused:
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_refused)
+    fault_server.route("/big.bin", body=BIG)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    (result,) = await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast())
+    assert refused and result.status is Status.OK and result.attempts == 2, result.error
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    assert len(os.listdir("/proc/self/fd")) <= descriptors  # the pipes of the refused splice were closed
+
+
 async def test_a_cancelled_splice_stops_its_thread_and_keeps_the_bytes(
     fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
 ) -> None:
@@ -347,17 +384,17 @@ def test_a_failed_write_is_told_apart_from_the_socket(tmp_path: Path) -> None:
     left, right = socket.socketpair()
     (tmp_path / "ro").write_bytes(b"")
     read_only = os.open(tmp_path / "ro", os.O_RDONLY)
-    stop = splice_module._Stop()
+    pipes = splice_module.Pipes()
     try:
         left.sendall(b"x" * 1000)
         right.setblocking(False)
         with pytest.raises(splice_module.WriteFailed) as caught:
             splice_module._pump(
-                right.fileno(), read_only, 0, 1000, stall_timeout=5, stop=stop, report=lambda n: None
+                right.fileno(), read_only, 0, 1000, stall_timeout=5, pipes=pipes, report=lambda n: None
             )
         assert isinstance(caught.value.__cause__, OSError)
     finally:
-        stop.close()
+        pipes.close()
         os.close(read_only)
         left.close()
         right.close()
@@ -368,18 +405,18 @@ def test_a_file_that_cannot_take_a_splice_gets_the_bytes_copied(tmp_path: Path) 
     data = os.urandom(300_000)
     left, right = socket.socketpair()
     out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    stop = splice_module._Stop()
+    pipes = splice_module.Pipes()
     reported: list[int] = []
     try:
         sender = threading.Thread(target=left.sendall, args=(data,))
         sender.start()
         right.setblocking(False)
         moved = splice_module._pump(
-            right.fileno(), out, 0, len(data), stall_timeout=5, stop=stop, report=reported.append
+            right.fileno(), out, 0, len(data), stall_timeout=5, pipes=pipes, report=reported.append
         )
         sender.join()
     finally:
-        stop.close()
+        pipes.close()
         os.close(out)
         left.close()
         right.close()
