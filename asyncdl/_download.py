@@ -29,6 +29,7 @@ from ._exceptions import (
 )
 from ._files import (
     DirectoryIndex,
+    HashFollower,
     PartialState,
     ResumeMeta,
     TempFile,
@@ -253,6 +254,7 @@ class _Job:
         self.temp = TempFile(plan.temp_path)
         self.server_name: str | None = None  # the Content-Disposition name, when it renamed the file
         self.headers = (*engine.settings.headers, *self.request.headers)
+        self._spliced_hash: Any = None  # the checksum's hash of a spliced body, taken as it was written
 
     def failed(self, error: str) -> Result:
         return Result(
@@ -451,7 +453,7 @@ class _Job:
         temp = self.temp
         key = self.key
         if splice and await self._splice(body):
-            return await self._finish(url, await self._hash_file(), temp.position)
+            return await self._finish(url, self._spliced_hash, temp.position)
         async for chunk in body.chunks():
             n = len(chunk)
             if limiter is not None:
@@ -490,21 +492,33 @@ class _Job:
             self.received += len(buffered)
         if sock is None:
             return False
+        out = await temp.raw_fd()
+        checksum = self.request.checksum
+        # The checksum is computed on the other core as the file grows: no pass over it at the end.
+        follower = HashFollower(temp.path, checksum.algorithm) if checksum is not None else None
 
         def wrote(n: int) -> None:
             temp.wrote(n)
             progress.advance(key, n)
             self.received += n
+            if follower is not None:
+                follower.advance(temp.position)
 
-        out = await temp.raw_fd()
         try:
+            if follower is not None:
+                follower.advance(temp.position)  # what earlier attempts and aiohttp's buffer left
             await body.splice_rest(
                 out, offset=temp.position, stall_timeout=self.engine.session.timeout.sock_read, on_bytes=wrote
             )
+            if follower is not None:
+                self._spliced_hash = await follower.result(temp.position)
         except WriteFailed as exc:
             cause = exc.__cause__
             assert isinstance(cause, OSError)
             raise storage_error(cause, "write", temp.path) from cause
+        finally:
+            if follower is not None:
+                follower.abandon()  # ends the thread if the hash was not taken
         return True
 
     async def _finish(self, url: str, hasher: Any, size: int) -> Result:

@@ -11,10 +11,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -248,6 +250,73 @@ async def save_final_name(temp_path: Path, name: str | None) -> None:
 
 
 _a_makedirs = aiofiles.os.wrap(os.makedirs)
+
+
+class HashFollower:
+    """Hashes a file from its start, in a thread of its own, as far as another writer has written it.
+
+    The writer says how far the file is written (``advance``); the hash follows on the other core,
+    so a checksum costs no extra pass over the file at the end. ``result(size)`` waits for the hash
+    of the first ``size`` bytes; ``abandon()`` ends the thread when the write failed.
+    """
+
+    def __init__(self, path: Path, algorithm: str) -> None:
+        self._path = path
+        self._algorithm = algorithm
+        self._written = 0
+        self._final: int | None = None
+        self._abandoned = False
+        self._changed = threading.Condition()
+        self._done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        threading.Thread(target=self._run, name="asyncdl-hash", daemon=True).start()
+
+    def advance(self, written: int) -> None:
+        with self._changed:
+            self._written = max(self._written, written)
+            self._changed.notify()
+
+    async def result(self, size: int) -> Any:
+        with self._changed:
+            self._written = max(self._written, size)
+            self._final = size
+            self._changed.notify()
+        try:
+            return await asyncio.wrap_future(self._done)
+        except OSError as exc:
+            raise storage_error(exc, "read", self._path) from exc
+
+    def abandon(self) -> None:
+        with self._changed:
+            self._abandoned = True
+            self._changed.notify()
+
+    def _run(self) -> None:
+        if not self._done.set_running_or_notify_cancel():
+            return
+        try:
+            self._done.set_result(self._follow())
+        except BaseException as exc:  # handed to result()
+            self._done.set_exception(exc)
+
+    def _follow(self) -> Any:
+        hasher = hashlib.new(self._algorithm)
+        position = 0
+        with open(self._path, "rb", buffering=0) as f:
+            while True:
+                with self._changed:
+                    while position >= self._written and self._final is None and not self._abandoned:
+                        self._changed.wait()
+                    if self._abandoned:
+                        return None
+                    limit, final = self._written, self._final
+                while position < limit:
+                    block = os.pread(f.fileno(), min(limit - position, WRITE_BUFFER_SIZE), position)
+                    if not block:
+                        raise OSError(errno.EIO, f"file ends at {position} bytes, {limit} expected")
+                    hasher.update(block)
+                    position += len(block)
+                if final is not None and position >= final:
+                    return hasher
 
 
 async def hash_prefix(path: Path, length: int, algorithm: str) -> Any:
