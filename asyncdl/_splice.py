@@ -165,6 +165,9 @@ def _pump(  # noqa: PLR0917 - one call site, in this module
             try:
                 n = os.splice(sock, pipe_w, min(PIPE_SIZE, count - done), flags=flags | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
+                if done > reported:  # nothing more for now: tell what is on disk before waiting
+                    report(done)
+                    reported, last_report = done, time.monotonic()
                 if not poller.poll(wait_ms):
                     raise TimeoutError("no data for the stall timeout") from None
                 continue

@@ -78,7 +78,16 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> PumpSpy:
 
 
 def splice_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "asyncdl-splice"]
+    return [t for t in threading.enumerate() if t.name in {"asyncdl-splice", "asyncdl-hash"}]
+
+
+def no_thread_left() -> bool:
+    """No splice thread (pump waits for it) and, once they see the abandon, no hashing thread."""
+    if any(t.name == "asyncdl-splice" for t in threading.enumerate()):
+        return False
+    for thread in splice_threads():
+        thread.join(timeout=10)
+    return splice_threads() == []
 
 
 async def test_a_large_body_is_spliced_byte_exact(
@@ -96,7 +105,7 @@ async def test_a_large_body_is_spliced_byte_exact(
     assert spy.calls == 1  # the big body only: a small one is not worth a thread and a connection
     assert 0 < spy.moved <= len(BIG)  # the rest after what aiohttp had buffered
     assert visible(tmp_path) == ["big.bin", "small.bin"] and temp_files(tmp_path) == []
-    assert splice_threads() == []
+    assert no_thread_left()
 
 
 async def test_the_bytes_aiohttp_buffered_while_paused_come_first(
@@ -207,7 +216,7 @@ async def test_a_server_that_always_stalls_fails_as_a_stall(
     # Each attempt got 3 MiB before the stall; all of it is kept for the next run.
     (partial,) = temp_files(tmp_path)
     assert partial.read_bytes() == BIG[: 6 * MiB]
-    assert splice_threads() == []
+    assert no_thread_left()
 
 
 async def test_a_body_longer_than_its_content_length_is_cut_at_the_length(
@@ -292,19 +301,21 @@ async def test_no_thread_for_the_splice_is_a_retried_failure(
     assert len(os.listdir("/proc/self/fd")) <= descriptors  # the pipes of the refused splice were closed
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "with-checksum"])
 async def test_a_cancelled_splice_stops_its_thread_and_keeps_the_bytes(
-    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy, checked: bool
 ) -> None:
     fault_server.route("/big.bin", body=BIG, stall_after=5 * MiB)
     reached = asyncio.Event()
     spy.at = (MiB, reached.set)  # well into the spliced part
+    checksum = Checksum("sha256", hashlib.sha256(BIG).hexdigest()) if checked else None
     async with Downloader(tmp_path, timeout=60, retry_policy=fast()) as downloader:
-        task = asyncio.ensure_future(downloader.download(fault_server.url("/big.bin")))
+        task = asyncio.ensure_future(downloader.download(fault_server.url("/big.bin"), checksum=checksum))
         await asyncio.wait_for(reached.wait(), 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert splice_threads() == []
+    assert no_thread_left()
     (partial,) = temp_files(tmp_path)
     kept = partial.stat().st_size
     assert kept >= MiB
@@ -422,3 +433,33 @@ def test_a_file_that_cannot_take_a_splice_gets_the_bytes_copied(tmp_path: Path) 
         right.close()
     assert moved == len(data) and reported[-1] == len(data)
     assert (tmp_path / "out").read_bytes() == data
+
+
+def test_the_bytes_on_disk_are_reported_before_the_pump_waits() -> None:
+    """A body that stalls shows every byte it wrote (progress, a worker's stats) while it waits."""
+    left, right = socket.socketpair()
+    pipes = splice_module.Pipes()
+    all_reported = threading.Event()
+    out = os.open("/dev/null", os.O_WRONLY)
+
+    def report(total: int) -> None:
+        if total == 100_000:
+            all_reported.set()
+
+    def run() -> None:
+        splice_module._pump(right.fileno(), out, 0, 200_000, stall_timeout=60, pipes=pipes, report=report)
+
+    pump = threading.Thread(target=run)
+    try:
+        right.setblocking(False)
+        left.sendall(os.urandom(100_000))
+        pump.start()
+        assert all_reported.wait(timeout=10)  # long before the 60 s stall timeout
+    finally:
+        pipes.request_stop()
+        pump.join(timeout=10)
+        assert not pump.is_alive()
+        pipes.close()
+        os.close(out)
+        left.close()
+        right.close()
