@@ -14,7 +14,7 @@ download is cancelled. The connection is closed afterwards, never reused: aiohtt
 expects the body it did not see.
 
 Only when nothing can go wrong by skipping aiohttp's reader: plain HTTP (no TLS), an identity body
-of known length, no rate limit to obey (a checksum is computed from the file at the end). Anything
+of known length, no rate limit to obey (a checksum is computed from the file as it grows). Anything
 unexpected in aiohttp's state (a future version that keeps bytes elsewhere) means the normal reader
 is used.
 """
