@@ -58,6 +58,8 @@ def detach_socket(response: Any) -> tuple[bytes, int | None]:
     read them from ``response.content`` as usual (the buffered bytes are already taken).
     """
     content = response.content
+    if content.exception() is not None:
+        return b"", None  # the normal reader hands over what arrived, then raises the error
     chunks: list[bytes] = []
     while True:
         # Each read lets aiohttp re-feed what its paused parser held back, so repeat until empty.

@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 from test_robustness import mounted_tmpfs, temp_files, visible
 from test_tls import self_signed, tls_server  # noqa: F401 - self_signed is a fixture
 
+import asyncdl._exceptions as asyncdl_errors
 import asyncdl._splice as splice_module
 from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
 from asyncdl._http import Body, make_session
@@ -145,6 +146,29 @@ async def test_the_bytes_aiohttp_buffered_while_paused_come_first(
         response.close()
     assert moved == len(BIG) - len(buffered)
     assert out.read_bytes() == BIG
+
+
+async def test_a_body_broken_before_the_splice_starts_is_left_to_aiohttp_s_reader(
+    fault_server: FaultServer,
+) -> None:
+    """The connection broke before detach: the normal reader salvages the bytes and raises."""
+    fault_server.route("/big.bin", body=BIG, reset_after=1000)
+    async with (
+        make_session(connections=1, stall_timeout_s=10) as session,
+        session.get(fault_server.url("/big.bin")) as response,
+    ):
+        for _ in range(100_000):
+            if response.content.exception() is not None:
+                break
+            await asyncio.sleep(0)
+        assert response.content.exception() is not None, "the reset never reached aiohttp"
+        body = Body(response, url=fault_server.url("/big.bin"), requested_offset=0)
+        assert body.detach() == (b"", None)
+        received = bytearray()
+        with pytest.raises(asyncdl_errors.TransientError):
+            async for chunk in body.chunks():
+                received.extend(chunk)
+    assert bytes(received) == BIG[:1000]
 
 
 async def test_a_tls_body_is_read_by_aiohttp(self_signed: ssl.SSLContext) -> None:  # noqa: F811
