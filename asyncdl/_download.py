@@ -54,7 +54,7 @@ from ._naming import (
 from ._progress import Progress
 from ._ratelimit import RateLimiter
 from ._retry import RetryPolicy
-from ._segments import PIECE_SIZE, FileChanged, PieceMap, fetch_pieces, write_piece
+from ._segments import PIECE_SIZE, FileChanged, PieceMap, SpliceInto, fetch_pieces, write_piece
 from ._splice import WriteFailed
 from ._urls import redact_text, redact_url, usable_url_problem
 
@@ -377,7 +377,14 @@ class _Job:
                 )
                 await self.temp.begin_sparse(total, meta, keep=False)
                 progress.begin(self.key, done=0, total=total)
-                await write_piece(body, 0, PIECE_SIZE, write_at=self.temp.write_at, on_bytes=self._on_bytes)
+                await write_piece(
+                    body,
+                    0,
+                    PIECE_SIZE,
+                    write_at=self.temp.write_at,
+                    on_bytes=self._on_bytes,
+                    splice=self._splice_into(),
+                )
             pieces.mark_done(0)
             await self.temp.save_meta(dataclasses.replace(meta, pieces=pieces.to_json()))
         else:
@@ -406,6 +413,7 @@ class _Job:
                 on_piece_done=piece_done,
                 connections=engine.settings.connections,
                 max_failures=max(1, engine.settings.retry.retries) * engine.settings.connections,
+                splice=self._splice_into(),
             )
         except FileChanged:
             await self.temp.discard()
@@ -413,6 +421,17 @@ class _Job:
         checksum = self.request.checksum
         hasher = await hash_prefix(self.temp.path, pieces.total, checksum.algorithm) if checksum else None
         return await self._finish(url, hasher, pieces.total)
+
+    def _splice_into(self) -> SpliceInto | None:
+        """Where the pieces may be spliced: the pre-sized file, unless a rate limit applies."""
+        if self.engine.limiter is not None:
+            return None
+
+        def landed(n: int) -> None:
+            self.engine.progress.advance(self.key, n)
+            self.received += n
+
+        return SpliceInto(self.temp.sparse_fd, self.engine.session.timeout.sock_read, landed)
 
     async def _on_bytes(self, n: int) -> None:
         if self.engine.limiter is not None:

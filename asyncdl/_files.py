@@ -538,6 +538,12 @@ class TempFile:
             raise storage_error(exc, "create", self.path) from exc
         self._offset = size  # the file is complete once every piece is written
 
+    @property
+    def sparse_fd(self) -> int:
+        """The descriptor of the file ``begin_sparse`` prepared (for writes at offsets)."""
+        assert self._fd is not None
+        return self._fd
+
     async def write_at(self, offset: int, data: bytes) -> None:
         try:
             await _a_pwrite_all(self._fd, data, offset)

@@ -16,6 +16,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from ._exceptions import ConnectError, TransientError
@@ -81,8 +82,29 @@ class PieceBody(Protocol):
     status: int
     range_start: int | None
     range_total: int | None
+    content_length: int | None
+    received: int
 
     def chunks(self) -> AsyncIterator[bytes]: ...
+
+    @property
+    def splice_candidate(self) -> bool: ...
+
+    def detach(self) -> tuple[bytes, int | None]: ...
+
+    async def splice_rest(
+        self, out: int, *, offset: int, stall_timeout: float | None, on_bytes: Callable[[int], None]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class SpliceInto:
+    """Where the pieces may be spliced (see _splice): the pre-sized file, the stall timeout, and
+    the count of bytes as they land (no rate limit may apply: those pieces go through Python)."""
+
+    fd: int
+    stall_timeout: float | None
+    on_bytes: Callable[[int], None]
 
 
 class FileChanged(TransientError):
@@ -110,9 +132,25 @@ async def write_piece(
     *,
     write_at: Callable[[int, bytes], Awaitable[None]],
     on_bytes: Callable[[int], Awaitable[None]],
+    splice: SpliceInto | None = None,
 ) -> None:
-    """Stream ``body`` (bytes ``[start, end)``) to its offsets, in blocks of WRITE_BLOCK."""
+    """Stream ``body`` (bytes ``[start, end)``) to its offsets, in blocks of WRITE_BLOCK.
+
+    With ``splice``, a piece whose answer has the requested length goes from the socket to the file
+    by the kernel instead (what aiohttp had buffered is written first).
+    """
     position = start
+    if splice is not None and body.content_length == end - start and body.splice_candidate:
+        buffered, sock = body.detach()
+        if buffered:
+            await write_at(position, buffered)
+            await on_bytes(len(buffered))
+            position += len(buffered)
+        if sock is not None:
+            await body.splice_rest(
+                splice.fd, offset=position, stall_timeout=splice.stall_timeout, on_bytes=splice.on_bytes
+            )
+            return  # splice_rest raised unless the piece is complete
     block: list[bytes] = []
     block_size = 0
     async for chunk in body.chunks():
@@ -141,6 +179,7 @@ async def fetch_pieces(
     on_piece_done: Callable[[int], Awaitable[None]],
     connections: int,
     max_failures: int,
+    splice: SpliceInto | None = None,
 ) -> None:
     """Fetch every pending piece with up to ``connections`` requests at once.
 
@@ -155,7 +194,7 @@ async def fetch_pieces(
         start, end = pieces.ranges[index]
         async with open_piece(start, end - 1) as body:
             check_piece_answer(body, start, end, pieces.total)
-            await write_piece(body, start, end, write_at=write_at, on_bytes=on_bytes)
+            await write_piece(body, start, end, write_at=write_at, on_bytes=on_bytes, splice=splice)
         pieces.mark_done(index)
         await on_piece_done(index)
 

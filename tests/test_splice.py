@@ -32,6 +32,7 @@ import asyncdl._splice as splice_module
 from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
 from asyncdl._http import Body, make_session
 from asyncdl._models import Checksum
+from asyncdl._segments import PIECE_SIZE
 
 pytestmark = pytest.mark.skipif(not splice_module.AVAILABLE, reason="os.splice is Linux-only")
 
@@ -487,3 +488,50 @@ def test_the_bytes_on_disk_are_reported_before_the_pump_waits() -> None:
         os.close(out)
         left.close()
         right.close()
+
+
+# --- the pieces of a segmented download (-x) ---
+
+
+async def test_the_pieces_of_a_segmented_download_are_spliced(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    body = BIG + BIG[: PIECE_SIZE + 12345]  # 3 pieces of 4 MiB and a short last one (12,345 bytes)
+    fault_server.route("/x.bin", body=body)
+    (result,) = await download_many(
+        [fault_server.url("/x.bin")], tmp_path, connections=3, retry_policy=fast()
+    )
+    assert result.status is Status.OK, result.error
+    assert result.bytes == len(body)
+    assert (tmp_path / "x.bin").read_bytes() == body
+    assert spy.calls == 3  # the last piece is too small to be worth it
+    assert len(fault_server.requests_for("/x.bin")) == 4
+    assert no_thread_left()
+
+
+async def test_a_spliced_piece_that_breaks_is_fetched_again(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    # The first two answers are reset after 3 MiB: the first piece (the attempt fails and the next
+    # one resumes the pre-sized file), then one of the later pieces (put back in the queue).
+    fault_server.route("/x.bin", body=BIG + BIG, reset_after=3 * MiB, fail_times=2)
+    (result,) = await download_many(
+        [fault_server.url("/x.bin")], tmp_path, connections=2, retry_policy=fast()
+    )
+    assert result.status is Status.OK, result.error
+    assert (tmp_path / "x.bin").read_bytes() == BIG + BIG
+    assert len(fault_server.requests_for("/x.bin")) == 4 + 2
+    # Every piece that arrived whole was spliced; a broken one, when the reset came before the
+    # hand-over, went through aiohttp's reader.
+    assert 4 <= spy.calls <= 4 + 2
+
+
+async def test_a_rate_limit_keeps_the_pieces_in_python(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy
+) -> None:
+    fault_server.route("/x.bin", body=BIG)
+    (result,) = await download_many(
+        [fault_server.url("/x.bin")], tmp_path, connections=2, limit_rate=1024 * MiB, retry_policy=fast()
+    )
+    assert result.status is Status.OK and (tmp_path / "x.bin").read_bytes() == BIG
+    assert spy.calls == 0
