@@ -455,8 +455,9 @@ class _Job:
         total = body.total_size
         checksum = self.request.checksum
         limiter = self.engine.limiter
-        # A spliced body never passes through Python: its checksum is computed from the file at the
-        # end (also when the splice turns out impossible after all: the first bytes are taken then).
+        # A spliced body never passes through Python: its checksum is computed from the file, as it
+        # grows (see _splice below) or, when the splice turns out impossible after all (the first
+        # bytes were taken already), at the end.
         splice = limiter is None and body.splice_candidate
         hasher: Any = None
         if checksum is not None and not splice:

@@ -296,13 +296,23 @@ class Body:
             pipes = _splice.Pipes()
         except OSError:  # out of descriptors: aiohttp's reader needs none
             return b"", None
-        buffered, sock = _splice.detach_socket(self._response)
+        try:
+            buffered, sock = _splice.detach_socket(self._response)
+        except BaseException:
+            pipes.close()
+            raise
         self.received += len(buffered)
         if sock is None:
             pipes.close()
         else:
-            self._socket, self._pipes = sock, pipes
+            self._socket, self._pipes = sock, pipes  # closed by splice_rest, else by drop_pipes
         return buffered, sock
+
+    def drop_pipes(self) -> None:
+        """Close the pipes of a detached body whose splice never started (open_body calls this)."""
+        pipes, self._pipes = self._pipes, None
+        if pipes is not None:
+            pipes.close()
 
     async def splice_rest(
         self, out: int, *, offset: int, stall_timeout: float | None, on_bytes: Callable[[int], None]
@@ -313,6 +323,7 @@ class Body:
         """
         assert self.content_length is not None and self._socket is not None and self._pipes is not None
         expected = self.content_length
+        pipes, self._pipes = self._pipes, None  # the pump closes them
 
         def counted(n: int) -> None:
             self.received += n
@@ -322,7 +333,7 @@ class Body:
             await _splice.pump(
                 self._socket,
                 out,
-                self._pipes,
+                pipes,
                 offset=offset,
                 count=expected - self.received,
                 stall_timeout=stall_timeout,
@@ -450,7 +461,10 @@ async def open_body(
             response.release()
             raise error
         body = Body(response, url=request_url, requested_offset=offset)
-        yield body
+        try:
+            yield body
+        finally:
+            body.drop_pipes()
     except BaseException:
         if response is not None:
             response.close()

@@ -30,6 +30,7 @@ from test_tls import self_signed, tls_server  # noqa: F401 - self_signed is a fi
 import asyncdl._exceptions as asyncdl_errors
 import asyncdl._splice as splice_module
 from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
+from asyncdl._files import TempFile
 from asyncdl._http import Body, make_session
 from asyncdl._models import Checksum
 from asyncdl._segments import PIECE_SIZE
@@ -324,6 +325,21 @@ async def test_no_thread_for_the_splice_is_a_retried_failure(
     assert refused and result.status is Status.OK and result.attempts == 2, result.error
     assert (tmp_path / "big.bin").read_bytes() == BIG
     assert len(os.listdir("/proc/self/fd")) <= descriptors  # the pipes of the refused splice were closed
+
+
+async def test_a_failure_between_the_hand_over_and_the_splice_closes_the_pipes(
+    fault_server: FaultServer, tmp_path: Path, spy: PumpSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_file(self: TempFile) -> int:
+        raise asyncdl_errors.StorageError("cannot write: injected")
+
+    monkeypatch.setattr(TempFile, "raw_fd", no_file)
+    fault_server.route("/big.bin", body=BIG)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    (result,) = await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast())
+    assert result.status is Status.FAILED and "injected" in (result.error or "")
+    assert spy.calls == 0
+    assert len(os.listdir("/proc/self/fd")) <= descriptors
 
 
 @pytest.mark.parametrize("checked", [False, True], ids=["plain", "with-checksum"])
