@@ -26,6 +26,7 @@ from ._exceptions import (
     HTTPStatusError,
     IncompleteBody,
     StorageError,
+    TransientError,
 )
 from ._files import (
     DirectoryIndex,
@@ -515,7 +516,10 @@ class _Job:
         out = await temp.raw_fd()
         checksum = self.request.checksum
         # The checksum is computed on the other core as the file grows: no pass over it at the end.
-        follower = HashFollower(temp.path, checksum.algorithm) if checksum is not None else None
+        try:
+            follower = HashFollower(temp.path, checksum.algorithm) if checksum is not None else None
+        except RuntimeError as exc:  # no thread to be had: another attempt resumes from the disk
+            raise TransientError(f"cannot start a thread: {exc}", url=body.url) from exc
 
         def wrote(n: int) -> None:
             temp.wrote(n)

@@ -306,14 +306,15 @@ async def test_out_of_descriptors_keeps_aiohttp_s_reader(
     assert spy.calls == 0
 
 
+@pytest.mark.parametrize("thread", ["asyncdl-splice", "asyncdl-hash"])
 async def test_no_thread_for_the_splice_is_a_retried_failure(
-    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thread: str
 ) -> None:
     real_start = threading.Thread.start
     refused: list[str] = []
 
     def start_once_refused(self: threading.Thread) -> None:
-        if self.name == "asyncdl-splice" and not refused:
+        if self.name == thread and not refused:
             refused.append(self.name)
             raise RuntimeError("can't start new thread")
         real_start(self)
@@ -321,7 +322,10 @@ async def test_no_thread_for_the_splice_is_a_retried_failure(
     monkeypatch.setattr(threading.Thread, "start", start_once_refused)
     fault_server.route("/big.bin", body=BIG)
     descriptors = len(os.listdir("/proc/self/fd"))
-    (result,) = await download_many([fault_server.url("/big.bin")], tmp_path, retry_policy=fast())
+    checksum = Checksum("sha256", hashlib.sha256(BIG).hexdigest()) if thread == "asyncdl-hash" else None
+    (result,) = await download_many(
+        [Request(fault_server.url("/big.bin"), checksum=checksum)], tmp_path, retry_policy=fast()
+    )
     assert refused and result.status is Status.OK and result.attempts == 2, result.error
     assert (tmp_path / "big.bin").read_bytes() == BIG
     assert len(os.listdir("/proc/self/fd")) <= descriptors  # the pipes of the refused splice were closed
