@@ -63,7 +63,10 @@ def detach_socket(response: Any) -> tuple[bytes, int | None]:
     chunks: list[bytes] = []
     while True:
         # Each read lets aiohttp re-feed what its paused parser held back, so repeat until empty.
-        data = content.read_nowait(-1)
+        try:
+            data = content.read_nowait(-1)
+        except Exception:  # an error stored meanwhile: the normal reader raises it after the rest
+            return b"".join(chunks), None
         if not data:
             break
         chunks.append(data)

@@ -173,6 +173,27 @@ async def test_a_body_broken_before_the_splice_starts_is_left_to_aiohttp_s_reade
     assert bytes(received) == BIG[:1000]
 
 
+def test_an_error_stored_while_draining_leaves_the_rest_to_aiohttp_s_reader() -> None:
+    """Draining lets aiohttp parse what it held back, which may store an error: no raw exception escapes."""
+
+    class Content:
+        def __init__(self) -> None:
+            self.reads = [b"first bytes"]
+
+        def exception(self) -> BaseException | None:
+            return None
+
+        def read_nowait(self, n: int) -> bytes:
+            if self.reads:
+                return self.reads.pop()
+            raise aiohttp.ClientPayloadError("broken in the held-back bytes")
+
+    class Response:
+        content = Content()
+
+    assert splice_module.detach_socket(Response()) == (b"first bytes", None)
+
+
 async def test_a_tls_body_is_read_by_aiohttp(self_signed: ssl.SSLContext) -> None:  # noqa: F811
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=BIG)
