@@ -21,8 +21,11 @@ from ._api import DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Downloader
 from ._cli_common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    OptionGroup,
     Parser,
-    add_transfer_options,
+    add_attempt_options,
+    add_header_option,
+    add_output_options,
     make_renderer,
     positive_int,
     present,
@@ -39,49 +42,94 @@ T = TypeVar("T")
 
 
 def download_parser() -> argparse.ArgumentParser:
+    """``asyncdl [OPTIONS] SOURCE...``: its options in the groups of the README's tables."""
     parser = Parser(
         prog="asyncdl",
+        usage="asyncdl [OPTIONS] SOURCE...",
         description="Download many URLs at once. "
         "SOURCE is a URL list file, '-' for standard input, or a URL.",
-        epilog="Upload: asyncdl upload [OPTIONS] FILE URL (see 'asyncdl upload --help').",
+        epilog="Also: 'asyncdl demo [-d DIR]' (a run against a built-in local server, no network needed) "
+        "and 'asyncdl upload [OPTIONS] FILE URL' (see 'asyncdl upload --help').",
     )
-    parser.add_argument("sources", nargs="+", metavar="SOURCE")
-    parser.add_argument(
-        "-d", "--dir", default=".", help="output directory (default: current; created if missing)"
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
+    _downloading_options(parser.add_argument_group("downloading"))
+    _network_options(parser.add_argument_group("network"))
+    _output_options(parser.add_argument_group("output"))
+    # A group is shown once it has an option.
+    _many_hosts_options(parser.add_argument_group("many hosts"))
+    _scale_out_options(parser.add_argument_group("scale-out"))
+    return parser
+
+
+def _downloading_options(group: OptionGroup) -> None:
+    group.add_argument(
+        "-d",
+        "--dir",
+        default=".",
+        help="output directory (default: the current directory); created if missing",
     )
-    parser.add_argument("-j", "--jobs", type=positive_int, default=DEFAULT_JOBS, help="downloads at once")
-    parser.add_argument(
-        "-x", "--connections", type=positive_int, default=1, help="connections for one large file"
+    group.add_argument(
+        "-j", "--jobs", type=positive_int, default=DEFAULT_JOBS, metavar="N", help="downloads running at once"
     )
-    parser.add_argument(
-        "--limit-rate", type=rate, default=None, metavar="RATE", help="overall cap: 500K, 10M, 1G"
+    group.add_argument(
+        "-x",
+        "--connections",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="connections for one large file (segmented download with Range requests)",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="download again and replace existing targets"
+    add_attempt_options(group, retries=DEFAULT_RETRIES, timeout_s=DEFAULT_TIMEOUT_S)
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="download again and replace targets that already exist (atomically)",
     )
-    add_transfer_options(parser, retries=DEFAULT_RETRIES, timeout_s=DEFAULT_TIMEOUT_S, what="a download")
-    parser.add_argument(
+
+
+def _network_options(group: OptionGroup) -> None:
+    group.add_argument(
+        "--limit-rate",
+        type=rate,
+        default=None,
+        metavar="RATE",
+        help="cap on the overall byte rate: 500K, 10M, 1G (powers of 1024); default: no cap",
+    )
+    add_header_option(group)
+
+
+def _output_options(group: OptionGroup) -> None:
+    add_output_options(group, what="a download")
+
+
+def _many_hosts_options(group: OptionGroup) -> None:
+    """Limits and retries per origin: one slow or rate-limiting origin never stalls the others."""
+
+
+def _scale_out_options(group: OptionGroup) -> None:
+    group.add_argument(
         "--processes",
         type=positive_int,
         metavar="N",
         help="download in N worker processes on this machine, each with its own -j pool "
-        "(uses N cores: pays off for many small files)",
+        "(uses N cores: pays off for many small files); default: none, all in this process",
     )
-    ray = parser.add_argument_group("scale-out on a Ray cluster (pip install 'asyncdl[ray]')")
-    ray.add_argument(
-        "--ray", metavar="ADDRESS", help="run on Ray: 'auto' (running cluster), 'ray://HOST:PORT', 'local'"
+    group.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on Ray (pip install 'asyncdl[ray]'): 'auto' (the running cluster), "
+        "'ray://HOST:PORT', 'local'; default: none, no Ray",
     )
-    ray.add_argument(
-        "--workers", type=positive_int, metavar="N", help="download workers (default: one per node)"
+    group.add_argument(
+        "--workers", type=positive_int, metavar="N", help="Ray download workers (default: one per node)"
     )
-    ray.add_argument(
+    group.add_argument(
         "--shard-size",
         type=positive_int,
         metavar="N",
-        help="URLs a worker gets at a time (default 1000 on Ray, 100 with --processes)",
+        help="URLs a worker gets at a time (default: 1000 on Ray, 100 with --processes)",
     )
-    parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
-    return parser
 
 
 # --- sources ---------------------------------------------------------------------------------------

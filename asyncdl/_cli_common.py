@@ -25,8 +25,41 @@ EXIT_USAGE = 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``-d, --dir DIR`` as in the README's tables, and every option's default in its help.
+
+    An option whose help does not name its default gets one: ``off`` for a flag, ``none`` for an
+    option that is unset unless given, else the value.
+    """
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0 and action.const is not None:  # a flag: store_true and the like
+            shown = "on" if action.default else "off"
+        elif action.default is None or action.default == []:
+            shown = "none"
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (no usage dump) and exit 2."""
+    """argparse, but a usage error is one line on stderr (no usage dump) and exit 2.
+
+    Help shows each option as ``-d, --dir DIR`` with its default (:class:`HelpFormatter`).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -74,11 +107,12 @@ def header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def add_transfer_options(
-    parser: argparse.ArgumentParser, *, retries: int, timeout_s: float | None, what: str
-) -> None:
-    """The options downloads and uploads share: --header, --retries, --timeout, -q, --report."""
-    parser.add_argument(
+# Where options go: the parser itself or one of its groups.
+OptionGroup = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def add_header_option(options: OptionGroup) -> None:
+    options.add_argument(
         "--header",
         type=header,
         action="append",
@@ -86,12 +120,26 @@ def add_transfer_options(
         metavar="'Name: value'",
         help="extra request header, repeatable",
     )
-    parser.add_argument("--retries", type=non_negative_int, default=retries, help="attempts after the first")
-    parser.add_argument(
-        "--timeout", type=seconds, default=timeout_s, help="stall timeout: seconds without progress"
+
+
+def add_attempt_options(options: OptionGroup, *, retries: int, timeout_s: float | None) -> None:
+    options.add_argument(
+        "--retries", type=non_negative_int, default=retries, metavar="N", help="attempts after the first"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display; errors still shown")
-    parser.add_argument("--report", metavar="FILE", help=f"write a JSON Lines report, one object {what}")
+    options.add_argument(
+        "--timeout",
+        type=seconds,
+        default=timeout_s,
+        metavar="S",
+        help="stall timeout: fail the attempt when no byte arrives for S seconds",
+    )
+
+
+def add_output_options(options: OptionGroup, *, what: str) -> None:
+    options.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display; errors and the summary still shown"
+    )
+    options.add_argument("--report", metavar="FILE", help=f"write a JSON Lines report, one object {what}")
 
 
 def make_renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:

@@ -17,7 +17,9 @@ from typing import Any, TextIO
 
 from ._cli_common import (
     Parser,
-    add_transfer_options,
+    add_attempt_options,
+    add_header_option,
+    add_output_options,
     make_renderer,
     positive_int,
     present,
@@ -63,7 +65,7 @@ def upload_parser() -> argparse.ArgumentParser:
         type=str.upper,
         choices=("PUT", "POST"),
         default="PUT",
-        help="request method (default PUT)",
+        help="request method",
     )
     parser.add_argument("--form", metavar="FIELD", help="send multipart/form-data with the file under FIELD")
     parser.add_argument(
@@ -74,14 +76,14 @@ def upload_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="another form field (with --form), repeatable",
     )
-    add_transfer_options(
-        parser, retries=DEFAULT_UPLOAD_RETRIES, timeout_s=DEFAULT_UPLOAD_TIMEOUT_S, what="an upload"
-    )
+    add_header_option(parser)
+    add_attempt_options(parser, retries=DEFAULT_UPLOAD_RETRIES, timeout_s=DEFAULT_UPLOAD_TIMEOUT_S)
+    add_output_options(parser, what="an upload")
     parser.add_argument(
         "--retry-post", action="store_true", help="retry a failed POST too (POST is not idempotent)"
     )
     parser.add_argument(
-        "-j", "--jobs", type=positive_int, default=DEFAULT_UPLOAD_JOBS, help="uploads at once (default 4)"
+        "-j", "--jobs", type=positive_int, default=DEFAULT_UPLOAD_JOBS, metavar="N", help="uploads at once"
     )
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     return parser
