@@ -24,7 +24,8 @@ What it does:
 
 Workloads: a = one 1 GiB file; b = 5,000 x 16 KiB; c = 1,000 x 1 MiB; d = one 256 MiB file served at
 8 MiB/s per connection (segmented downloads: `-x 16`); e10k / e1m = lists of 10,000 / 1,000,000 one-byte
-files (`e` = both).
+files (`e` = both); f = one 1 GiB file over HTTPS; g = 5,000 x 16 KiB over HTTPS (the same nginx, with a
+certificate from a CA made at run time by openssl, which every tool is told to trust).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Workload:
     timeout_s: float  # per timed run
     fs_role: str  # "disk" (journaled ext4 by default) or "ram" (tmpfs by default)
     segmented: bool = False  # downloaders get their many-connections-per-file option
+    tls: bool = False  # served over HTTPS (the CA made at run time is passed to every tool)
     # Unless --tools names them: peers left out (one run would take longer than the rest together), and
     # peers run in the first round only (their time is fixed by construction, e.g. one throttled connection).
     slow_peers: frozenset[str] = frozenset()
@@ -168,6 +170,28 @@ def make_workloads(*, quick: bool) -> list[Workload]:
             1500,
             "ram",
             slow_peers=too_slow_at_1m,
+        ),
+        Workload(
+            "f",
+            f"one {pick(1024, 256)} MiB file over HTTPS",
+            1,
+            pick(1 * GiB, 256 * MiB),
+            "files",
+            rounds,
+            180,
+            "disk",
+            tls=True,
+        ),
+        Workload(
+            "g",
+            f"{pick(5000, 1000):,} files of 16 KiB over HTTPS",
+            pick(5000, 1000),
+            16 * KiB,
+            "files",
+            rounds,
+            180,
+            "disk",
+            tls=True,
         ),
     ]
 
@@ -317,6 +341,7 @@ http {{
     scgi_temp_path {prefix}/scgi;
     server {{
         listen 127.0.0.1:{port};
+        {tls_listen}
         root {www};
         location /throttled/ {{ limit_rate {rate}; }}
         # Any name under /tiny/ is a distinct one-byte file: a million URLs without a million source files.
@@ -326,14 +351,96 @@ http {{
 """
 
 
-class Nginx:
-    """nginx on 127.0.0.1 with its own configuration, run in the foreground as our child."""
+# TLS 1.2 and 1.3, the server's choice of cipher (AES-GCM where the CPU has AES instructions), a session
+# cache so that the 16 connections of a list each pay one full handshake.
+NGINX_TLS = (
+    "listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
+    "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:1m;"
+)
 
-    def __init__(self, binary: str, *, prefix: Path, www: Path, workers: int = 1) -> None:
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA made now, and a certificate it signs for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        directory / n for n in ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
+    )
+    ext = directory / "ext.cnf"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+    )
+    _run_quiet(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=asyncdl bench CA",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca),
+        ]
+    )
+    _run_quiet(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+        ]
+    )
+    _run_quiet(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(cert),
+        ]
+    )
+    return ca, cert, key
+
+
+class Nginx:
+    """nginx on 127.0.0.1 with its own configuration, run in the foreground as our child.
+
+    With ``tls`` (certificate, key) it also serves the same content over HTTPS on ``tls_base_url``.
+    """
+
+    def __init__(
+        self, binary: str, *, prefix: Path, www: Path, workers: int = 1, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.binary = binary
         self.prefix = prefix
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.tls_port = free_port() if tls else None
+        self.tls_base_url = f"https://127.0.0.1:{self.tls_port}" if tls else None
+        tls_listen = NGINX_TLS.format(tls_port=self.tls_port, cert=tls[0], key=tls[1]) if tls else ""
         prefix.mkdir(parents=True, exist_ok=True)
         self.conf = prefix / "nginx.conf"
         self.conf.write_text(
@@ -344,6 +451,7 @@ class Nginx:
                 www=www,
                 rate=THROTTLE_RATE,
                 tiny=TINY_BODY.decode(),
+                tls_listen=tls_listen,
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None
@@ -538,10 +646,35 @@ def measure_fs_floor(out_dir: Path, *, files: int, file_size: int) -> float:
 class ToolSetup:
     python: str
     asyncdl_args: tuple[str, ...]
+    ca_file: Path | None = None  # the CA of the HTTPS workloads
+    asyncdl_ca_option: bool = False  # asyncdl has --ca-certificate (else it is given SSL_CERT_FILE)
 
 
 def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -> list[str]:
     """The command line that downloads `dataset` into `out_dir` with `tool`."""
+    cmd = _plain_command(tool, dataset, out_dir, setup)
+    if not dataset.workload.tls:
+        return cmd
+    assert setup.ca_file is not None
+    ca = str(setup.ca_file)
+    if tool.startswith("asyncdl"):
+        return [*cmd, "--ca-certificate", ca] if setup.asyncdl_ca_option else cmd  # else SSL_CERT_FILE
+    if tool == "curl":
+        return [cmd[0], "--cacert", ca, *cmd[1:]]
+    if tool in ("wget", "aria2c"):
+        return [cmd[0], f"--ca-certificate={ca}", *cmd[1:]]
+    return cmd
+
+
+def tool_env(tool: str, dataset: Dataset, setup: ToolSetup, env: dict[str, str]) -> dict[str, str]:
+    """The environment of one timed run: asyncdl without --ca-certificate trusts the CA through OpenSSL's
+    SSL_CERT_FILE (which the default SSL context of Python loads)."""
+    if dataset.workload.tls and tool.startswith("asyncdl") and not setup.asyncdl_ca_option:
+        return {**env, "SSL_CERT_FILE": str(setup.ca_file)}
+    return env
+
+
+def _plain_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -> list[str]:
     w = dataset.workload
     url_list = str(dataset.url_list)
     if tool in ("asyncdl", "asyncdl-2p"):
@@ -717,6 +850,23 @@ def check_asyncdl(python: str, env: dict[str, str], cwd: Path) -> str | None:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return lines[-1] if lines else f"exit status {done.returncode}"
     return None
+
+
+def asyncdl_has_option(python: str, env: dict[str, str], cwd: Path, option: str) -> bool:
+    """Whether `python -m asyncdl --help` lists `option`."""
+    try:
+        done = subprocess.run(
+            [python, "-m", "asyncdl", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=cwd,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in done.stdout
 
 
 def smoke_test_asyncdl(setup: ToolSetup, env: dict[str, str], scratch: Path, base_url: str) -> str | None:
@@ -919,7 +1069,9 @@ def write_json(results: list[WorkloadResult], meta: dict[str, Any], path: Path) 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke test")
-    parser.add_argument("--only", help="workloads to run, comma-separated: a,b,c,d,e10k,e1m (e = both lists)")
+    parser.add_argument(
+        "--only", help="workloads to run, comma-separated: a,b,c,d,e10k,e1m,f,g (e = both lists)"
+    )
     parser.add_argument("--runs", type=int, help="rounds per workload (default 5; 3 for d; 1 for e1m)")
     parser.add_argument("--tools", help=f"tools, comma-separated (default: all of {','.join(ALL_TOOLS)})")
     parser.add_argument("--asyncdl-args", default="", help="extra arguments for asyncdl, as one string")
@@ -1034,7 +1186,8 @@ def benchmark_workload(
             result.commands.setdefault(tool, cmd)
             os.sync()
             load_1m = os.getloadavg()[0]
-            measured = run_timed(cmd, timeout_s=timeout_s, cwd=scratch, env=env, scratch=scratch)
+            run_env = tool_env(tool, dataset, setup, env)
+            measured = run_timed(cmd, timeout_s=timeout_s, cwd=scratch, env=run_env, scratch=scratch)
             error = None
             if measured.exit_code is None:
                 done = sum(1 for path in _walk_files(out_dir) if not path.name.startswith("."))
@@ -1105,6 +1258,9 @@ class Session:
 def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[str, Any]) -> Session:
     """Make the temporary directory, the output areas, the data; start nginx. `cleanup` undoes it all."""
     workloads = select_workloads(args)
+    if any(w.tls for w in workloads) and shutil.which("openssl") is None:
+        print("WARNING: openssl not found: the HTTPS workloads are skipped", file=sys.stderr)
+        workloads = [w for w in workloads if not w.tls]
     work = Path(tempfile.mkdtemp(prefix="asyncdl-bench-"))
     work.chmod(0o755)  # nginx workers run as an unprivileged user and must read www/
     cleanup.callback(_remove_work_dir, work, keep=args.keep)
@@ -1126,10 +1282,23 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
             area.setup()
             areas[role] = area
 
-    nginx = Nginx(find_nginx() or "nginx", prefix=work / "nginx", www=www, workers=args.nginx_workers)
+    tls: tuple[Path, Path] | None = None
+    ca_file: Path | None = None
+    if any(w.tls for w in workloads):
+        ca_file, cert, key = make_certificates(work / "tls")
+        tls = (cert, key)
+    nginx = Nginx(
+        find_nginx() or "nginx", prefix=work / "nginx", www=www, workers=args.nginx_workers, tls=tls
+    )
     cleanup.callback(nginx.stop)
     nginx.start()
-    setup = ToolSetup(args.python, tuple(shlex.split(args.asyncdl_args)))
+    setup = ToolSetup(
+        args.python,
+        tuple(shlex.split(args.asyncdl_args)),
+        ca_file=ca_file,
+        asyncdl_ca_option=ca_file is not None
+        and asyncdl_has_option(args.python, env, scratch, "--ca-certificate"),
+    )
     if "asyncdl" in tools:
         problem = smoke_test_asyncdl(setup, env, scratch, nginx.base_url)
         if problem:
@@ -1147,7 +1316,9 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     datasets = []
     for w in workloads:
         out_dir = areas[w.fs_role].out_dir
-        dataset = Dataset(w, www=www, lists=work / "lists", base_url=nginx.base_url, out_dir=out_dir)
+        base_url = nginx.tls_base_url if w.tls else nginx.base_url
+        assert base_url is not None
+        dataset = Dataset(w, www=www, lists=work / "lists", base_url=base_url, out_dir=out_dir)
         dataset.generate()
         datasets.append(dataset)
     os.sync()  # so that the first timed runs do not pay for writing back the sources
