@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import netrc
 import os
 import time
@@ -21,7 +22,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
-from . import _splice
+from . import _splice, _tlspump
 from ._exceptions import (
     ConnectError,
     DownloadError,
@@ -231,6 +232,7 @@ class Body:
         self.received = 0
         self._socket: int | None = None  # set by detach(): the body's rest is read from it
         self._pipes: _splice.Pipes | None = None  # and through these
+        self._tls: _tlspump.Detached | None = None  # over HTTPS: and decrypted with this
 
     @property
     def validator(self) -> Validator:
@@ -280,10 +282,11 @@ class Body:
 
     @property
     def splice_candidate(self) -> bool:
-        """Whether the rest of this body may go from the socket to the file by splice (see _splice)."""
+        """Whether the rest of this body may go from the socket to the file in a thread of its own:
+        by splice over plain HTTP (see _splice), decrypted by that thread over HTTPS (see _tlspump)."""
         length = self.content_length
         return (
-            _splice.AVAILABLE
+            (_splice.AVAILABLE or _tlspump.AVAILABLE)
             and length is not None
             and length - self.received >= _splice.MIN_REST
             and self.content_encoding in (None, "identity")
@@ -292,12 +295,19 @@ class Body:
 
     def detach(self) -> tuple[bytes, int | None]:
         """The body bytes aiohttp holds, and the socket for the rest (None: go on with ``chunks()``)."""
+        tls = _tlspump.is_tls(self._response)
+        if not (_tlspump.AVAILABLE if tls else _splice.AVAILABLE):
+            return b"", None
         try:
-            pipes = _splice.Pipes()
+            pipes = _splice.Pipes(data=not tls)
         except OSError:  # out of descriptors: aiohttp's reader needs none
             return b"", None
         try:
-            buffered, sock = _splice.detach_socket(self._response)
+            if tls:
+                buffered, self._tls = _tlspump.detach_tls(self._response)
+                sock = None if self._tls is None else self._tls.sock
+            else:
+                buffered, sock = _splice.detach_socket(self._response)
         except BaseException:
             pipes.close()
             raise
@@ -329,9 +339,11 @@ class Body:
             self.received += n
             on_bytes(n)
 
+        tls = self._tls
+        # Over TLS the thread decrypts with asyncio's SSLObject; else it splices the socket's bytes.
+        pump = functools.partial(_tlspump.pump, tls) if tls else functools.partial(_splice.pump, self._socket)
         try:
-            await _splice.pump(
-                self._socket,
+            await pump(
                 out,
                 pipes,
                 offset=offset,
@@ -343,6 +355,8 @@ class Body:
         except OSError as exc:
             raise translate(exc, self.url) from exc
         finally:
+            if tls is not None:
+                tls.abort()  # no TLS close: the thread left the SSLObject mid-stream
             self._response.close()  # aiohttp's parser still expects the body: never reuse this connection
         if self.received < expected:
             raise self._incomplete(expected)

@@ -47,8 +47,8 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # What splice into a file answers when the file system (or an O_APPEND file) cannot take it.
 _CANNOT_SPLICE_TO_FILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 # Progress is passed to the event loop at most this often (bytes, seconds).
-_REPORT_BYTES = 4 * 1024 * 1024
-_REPORT_SECONDS = 0.2
+REPORT_BYTES = 4 * 1024 * 1024
+REPORT_SECONDS = 0.2
 
 
 def detach_socket(response: Any) -> tuple[bytes, int | None]:
@@ -56,6 +56,18 @@ def detach_socket(response: Any) -> tuple[bytes, int | None]:
 
     Returns ``(buffered, fd)``. With ``fd`` None nothing was changed for the bytes still to come:
     read them from ``response.content`` as usual (the buffered bytes are already taken).
+    """
+    buffered, transport = stop_reader(response, lambda t: t.get_extra_info("sslcontext") is None)
+    return buffered, None if transport is None else transport.get_extra_info("socket").fileno()
+
+
+def stop_reader(response: Any, usable: Callable[[Any], bool]) -> tuple[bytes, Any]:
+    """Take the buffered bytes of an aiohttp response's body and, when possible, stop aiohttp's reading.
+
+    ``usable(transport)`` says whether the caller can take over the connection's transport. Returns
+    ``(buffered, transport)``: with a transport, aiohttp's reader is paused for good (its read timer
+    stopped) and the rest of the body is the caller's; with None nothing was changed for the bytes
+    still to come: read them from ``response.content`` as usual.
     """
     content = response.content
     if content.exception() is not None:
@@ -76,12 +88,11 @@ def detach_socket(response: Any) -> tuple[bytes, int | None]:
         return buffered, None
     protocol: Any = connection.protocol
     transport: Any = connection.transport
-    if protocol is None or transport is None or transport.get_extra_info("sslcontext") is not None:
+    if protocol is None or transport is None or not usable(transport):
         return buffered, None
-    sock = transport.get_extra_info("socket")
     is_reading = getattr(transport, "is_reading", None)
     if (
-        sock is None
+        transport.get_extra_info("socket") is None
         or is_reading is None
         or not is_reading()
         # aiohttp holds no bytes of its own while it is not pausing the socket for a full buffer
@@ -96,7 +107,7 @@ def detach_socket(response: Any) -> tuple[bytes, int | None]:
     if is_reading():
         protocol.resume_reading()
         return buffered, None
-    return buffered, sock.fileno()
+    return buffered, transport
 
 
 def _copy(pipe: int, out: int, n: int, at: int) -> int:
@@ -116,20 +127,23 @@ class Pipes:
     """The descriptors one spliced body needs, made before aiohttp is asked to let go of the socket.
 
     A process out of descriptors (EMFILE) fails here, where the normal reader can still take over.
-    ``data``: the pipe between socket and file; ``wake``: wakes the thread's poll at a stop request.
+    ``data``: the pipe between socket and file (not made with ``data=False``: a body that is not
+    spliced but copied by a thread, see _tlspump); ``wake``: wakes the thread's poll at a stop request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, data: bool = True) -> None:
         self.requested = False
-        self.data_r, self.data_w = os.pipe2(os.O_CLOEXEC)
+        self.data_r, self.data_w = os.pipe2(os.O_CLOEXEC) if data else (-1, -1)
         try:
             self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
-            os.close(self.data_r)
-            os.close(self.data_w)
+            if data:
+                os.close(self.data_r)
+                os.close(self.data_w)
             raise
-        with contextlib.suppress(OSError):  # a smaller pipe still works, with more calls
-            fcntl.fcntl(self.data_w, _F_SETPIPE_SZ, PIPE_SIZE)
+        if data:
+            with contextlib.suppress(OSError):  # a smaller pipe still works, with more calls
+                fcntl.fcntl(self.data_w, _F_SETPIPE_SZ, PIPE_SIZE)
 
     def request_stop(self) -> None:
         self.requested = True
@@ -138,7 +152,8 @@ class Pipes:
 
     def close(self) -> None:
         for fd in (self.data_r, self.data_w, self.wake_r, self.wake_w):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
 
 def _pump(  # noqa: PLR0917 - one call site, in this module
@@ -192,7 +207,7 @@ def _pump(  # noqa: PLR0917 - one call site, in this module
                 done += m
                 n -= m
             now = time.monotonic()
-            if done - reported >= _REPORT_BYTES or now - last_report >= _REPORT_SECONDS:
+            if done - reported >= REPORT_BYTES or now - last_report >= REPORT_SECONDS:
                 report(done)
                 reported, last_report = done, now
         return done
@@ -219,6 +234,31 @@ async def pump(
     closed early). Raises StallError, WriteFailed (the file), or the socket's OSError. A cancelled
     call stops the thread and waits for it, so the socket and the file are never closed under it.
     """
+    return await run_pump(
+        lambda report: _pump(sock, out, offset, count, stall_timeout, pipes, report),
+        pipes,
+        on_bytes=on_bytes,
+        url=url,
+        thread_name="asyncdl-splice",
+    )
+
+
+async def run_pump(
+    work: Callable[[Callable[[int], None]], int],
+    pipes: Pipes,
+    *,
+    on_bytes: Callable[[int], None],
+    url: str,
+    thread_name: str,
+) -> int:
+    """Run ``work(report)`` in a thread of its own; its result (bytes written) once it ends.
+
+    ``work`` calls ``report(total)`` with the bytes on disk so far, from its thread; ``on_bytes(n)``
+    is called on the event loop with what is new, for every byte before this returns or raises.
+    Takes ``pipes`` over (closed when this returns). A cancelled call asks the thread to stop
+    (``pipes.request_stop()``) and waits for it, so its socket and file are never closed under it.
+    A TimeoutError from ``work`` is raised as StallError.
+    """
     loop = asyncio.get_running_loop()
     seen = 0
 
@@ -235,12 +275,12 @@ async def pump(
 
     def run() -> None:
         try:
-            future.set_result(_pump(sock, out, offset, count, stall_timeout, pipes, report))
+            future.set_result(work(report))
         except BaseException as exc:  # handed to the awaiting coroutine
             future.set_exception(exc)
 
     try:
-        threading.Thread(target=run, name="asyncdl-splice", daemon=True).start()
+        threading.Thread(target=run, name=thread_name, daemon=True).start()
     except RuntimeError as exc:  # no thread to be had: a transient failure, retried from the disk
         pipes.close()
         raise OSError(errno.EAGAIN, f"cannot start a thread: {exc}") from exc
