@@ -10,10 +10,11 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterab
 from pathlib import Path
 from types import TracebackType
 
+from ._cookies import Cookies
 from ._download import Engine, Plan, Settings
 from ._exceptions import UsageError
 from ._files import ensure_dir
-from ._http import make_session
+from ._http import make_session, read_ca_certificates
 from ._models import BadEntry, Checksum, Request, Result
 from ._pool import bounded_map
 from ._procs import DEFAULT_SHARD_SIZE as DEFAULT_LOCAL_SHARD_SIZE
@@ -57,6 +58,12 @@ class Downloader:
     ``retry_policy`` replaces the default backoff (it then also decides the number of retries).
     ``report`` names a JSON Lines file that gets one object per download (as --report).
 
+    Sent with every request (a Request's own options come first): ``user_agent`` (default
+    ``asyncdl/VERSION``), ``referer``, ``cookies`` (the path of a Netscape ``cookies.txt``, as
+    --load-cookies: each cookie only where its domain, path, secure flag and expiry allow). TLS:
+    ``ca_certificate`` (a PEM file: verify servers against these CAs alone, as --ca-certificate),
+    ``verify=False`` (no verification at all, as --no-check-certificate).
+
     Scale-out: ``ray="local"`` (start Ray here), ``"auto"`` (the running cluster) or
     ``"ray://HOST:PORT"`` runs the downloads on ``workers`` Ray actors (default: one per node),
     each a downloader with its own ``jobs`` pool, handed ``shard_size`` requests at a time; the
@@ -87,6 +94,11 @@ class Downloader:
         shard_size: int | None = None,
         processes: int | None = None,
         report: str | Path | None = None,
+        user_agent: str | None = None,
+        referer: str | None = None,
+        cookies: str | os.PathLike[str] | Cookies | None = None,
+        ca_certificate: str | os.PathLike[str] | None = None,
+        verify: bool = True,
     ) -> None:
         if jobs < 1:
             raise UsageError("jobs must be at least 1")
@@ -107,6 +119,11 @@ class Downloader:
             overwrite=overwrite,
             headers=_header_pairs(headers),
             connections=connections,
+            user_agent=user_agent,
+            referer=referer,
+            cookies=cookies if isinstance(cookies, Cookies) or cookies is None else Cookies.load(cookies),
+            ca_certificates=None if ca_certificate is None else read_ca_certificates(ca_certificate),
+            verify=verify,
         )
         self.progress = progress or Progress()
         self._limiter = RateLimiter(rate) if rate else None
@@ -175,7 +192,12 @@ class Downloader:
         if self._cluster is not None:
             await self._cluster.open()  # the workers own the sessions
             return
-        session = make_session(connections=self.jobs * self.connections, stall_timeout_s=self.timeout)
+        session = make_session(
+            connections=self.jobs * self.connections,
+            stall_timeout_s=self.timeout,
+            ca_certificates=self.settings.ca_certificates,
+            verify=self.settings.verify,
+        )
         self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
 
     async def aclose(self) -> None:
@@ -209,8 +231,8 @@ class Downloader:
         """Download one URL (or Request); concurrent calls share the ``jobs`` limit."""
         request = Request.coerce(url)
         if out is not None or dir is not None or checksum is not None or headers is not None or mirrors:
-            request = Request(
-                request.url,
+            request = dataclasses.replace(
+                request,
                 mirrors=(*request.mirrors, *mirrors),
                 out=out if out is not None else request.out,
                 dir=dir if dir is not None else request.dir,
@@ -218,7 +240,6 @@ class Downloader:
                 if isinstance(checksum, str)
                 else checksum or request.checksum,
                 headers=(*request.headers, *_header_pairs(headers)),
-                source=request.source,
             )
         if self._cluster is not None:
             async with contextlib.aclosing(self._cluster.stream([request])) as results:

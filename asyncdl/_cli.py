@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -34,7 +34,8 @@ from ._cli_common import (
 )
 from ._exceptions import AsyncdlError, UsageError
 from ._models import BadEntry, Request, Result
-from ._progress import Progress, TerminalRenderer
+from ._progress import Progress, Renderer, TerminalRenderer
+from ._session import Session
 from ._urllist import parse_lines
 from ._version import __version__
 
@@ -51,7 +52,7 @@ def download_parser() -> argparse.ArgumentParser:
         epilog="Also: 'asyncdl demo [-d DIR]' (a run against a built-in local server, no network needed) "
         "and 'asyncdl upload [OPTIONS] FILE URL' (see 'asyncdl upload --help').",
     )
-    parser.add_argument("sources", nargs="+", metavar="SOURCE", help=argparse.SUPPRESS)
+    parser.add_argument("sources", nargs="*", metavar="SOURCE", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     _downloading_options(parser.add_argument_group("downloading"))
     _network_options(parser.add_argument_group("network"))
@@ -63,6 +64,15 @@ def download_parser() -> argparse.ArgumentParser:
 
 
 def _downloading_options(group: OptionGroup) -> None:
+    group.add_argument(
+        "-i",
+        "--input-file",
+        dest="input_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a URL list file, as a SOURCE (aria2c, wget); repeatable",
+    )
     group.add_argument(
         "-d",
         "--dir",
@@ -86,6 +96,9 @@ def _downloading_options(group: OptionGroup) -> None:
         action="store_true",
         help="download again and replace targets that already exist (atomically)",
     )
+    group.add_argument(
+        "-c", "--continue", action="store_true", help="accepted for the habit; resuming is always on"
+    )
 
 
 def _network_options(group: OptionGroup) -> None:
@@ -97,10 +110,40 @@ def _network_options(group: OptionGroup) -> None:
         help="cap on the overall byte rate: 500K, 10M, 1G (powers of 1024); default: no cap",
     )
     add_header_option(group)
+    group.add_argument(
+        "-U",
+        "--user-agent",
+        default=f"asyncdl/{__version__}",
+        metavar="UA",
+        help="the User-Agent header (default: asyncdl/VERSION)",
+    )
+    group.add_argument("--referer", metavar="URL", help="the Referer header; default: none")
+    group.add_argument(
+        "--load-cookies",
+        metavar="FILE",
+        help="cookies from a Netscape / Mozilla cookies.txt, each sent only where its domain, path, "
+        "secure flag and expiry allow; default: none",
+    )
+    group.add_argument(
+        "--ca-certificate",
+        metavar="FILE",
+        help="verify servers against the CA certificates in FILE (PEM); default: the system's",
+    )
+    group.add_argument(
+        "--no-check-certificate",
+        action="store_true",
+        help="do not verify TLS certificates (one warning on stderr per run)",
+    )
 
 
 def _output_options(group: OptionGroup) -> None:
     add_output_options(group, what="a download")
+    group.add_argument(
+        "--save-session",
+        metavar="FILE",
+        help="at the end (also after Ctrl-C or SIGTERM), FILE lists the downloads that did not finish, "
+        "in the list format with their options; default: none",
+    )
 
 
 def _many_hosts_options(group: OptionGroup) -> None:
@@ -213,32 +256,37 @@ async def _in_thread(items: Iterator[T], *, max_ahead: int = 1024) -> AsyncItera
         stop.set()
 
 
+Warn = Callable[[str], None]
+
+
 def _requests(
-    sources: list[_Source], stdin: TextIO
+    sources: list[_Source], stdin: TextIO, warn: Warn
 ) -> Iterator[Request | BadEntry] | AsyncIterator[Request | BadEntry]:
     """The downloads of every source, in order: a plain iterator unless standard input is one."""
     if any(source.stdin for source in sources):
-        return _requests_and_stdin(sources, stdin)
-    return _requests_from(sources)
+        return _requests_and_stdin(sources, stdin, warn)
+    return _requests_from(sources, warn)
 
 
-def _requests_from(sources: list[_Source]) -> Iterator[Request | BadEntry]:
+def _requests_from(sources: list[_Source], warn: Warn) -> Iterator[Request | BadEntry]:
     for source in sources:
         if source.url is not None:
-            yield from parse_lines([source.url], source=source.name)
+            yield from parse_lines([source.url], source=source.name, warn=warn)
         else:
             assert source.lines is not None
-            yield from parse_lines(source.lines, source=source.name)
+            yield from parse_lines(source.lines, source=source.name, warn=warn)
 
 
-async def _requests_and_stdin(sources: list[_Source], stdin: TextIO) -> AsyncIterator[Request | BadEntry]:
+async def _requests_and_stdin(
+    sources: list[_Source], stdin: TextIO, warn: Warn
+) -> AsyncIterator[Request | BadEntry]:
     for source in sources:
         if source.stdin:
             # A slow pipe must not block the downloads: read in a thread.
-            async for item in _in_thread(parse_lines(stdin, source=source.name)):
+            async for item in _in_thread(parse_lines(stdin, source=source.name, warn=warn)):
                 yield item
         else:
-            for item in _requests_from([source]):
+            for item in _requests_from([source], warn):
                 yield item
 
 
@@ -246,7 +294,10 @@ async def _requests_and_stdin(sources: list[_Source], stdin: TextIO) -> AsyncIte
 
 
 async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> int:
-    sources = _open_sources(args.sources, stdin)
+    specs = [*args.sources, *args.input_files]
+    if not specs:
+        raise UsageError("no SOURCE given: a URL list file, '-' or a URL (or -i FILE)")
+    sources = _open_sources(specs, stdin)
     dest = Path(args.dir)
     try:
         dest.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
@@ -267,19 +318,63 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
         overwrite=args.overwrite,
         progress=progress,
         report=args.report,
+        user_agent=args.user_agent,
+        referer=args.referer,
+        cookies=args.load_cookies,
+        ca_certificate=args.ca_certificate,
+        verify=not args.no_check_certificate,
         **_worker_options(args),
     )
     downloader.open_report()  # an unwritable report is a usage error before anything starts
+    session = Session(args.save_session) if args.save_session is not None else None
+    renderer = make_renderer(args.quiet, progress, stderr)
+    if args.no_check_certificate:
+        renderer.message("asyncdl: warning: TLS certificates are not checked (--no-check-certificate)")
+    warn = _warner(renderer)
+    requests = _requests(sources, stdin, warn)
 
     async def results() -> AsyncIterator[Result]:
         async with downloader as dl:
-            async for result in dl.stream(_requests(sources, stdin)):
+            async for result in dl.stream(_tracked(requests, session)):
+                if session is not None:
+                    session.finished(result)
                 yield result
 
-    renderer = make_renderer(args.quiet, progress, stderr)
     if isinstance(renderer, TerminalRenderer) and not any(source.stdin for source in sources):
         _count_in_background(sources, progress)
-    return await present(results(), renderer, progress)
+    try:
+        return await present(results(), renderer, progress)
+    finally:
+        if session is not None:
+            # After an interruption the downloads never started follow; the unread rest of
+            # standard input is not waited for.
+            session.write(requests if isinstance(requests, Iterator) else ())
+
+
+def _tracked(
+    requests: Iterator[Request | BadEntry] | AsyncIterator[Request | BadEntry], session: Session | None
+) -> Iterator[Request | BadEntry] | AsyncIterator[Request | BadEntry]:
+    if session is None:
+        return requests
+    if isinstance(requests, Iterator):
+        return session.track(requests)
+    return session.track_async(requests)
+
+
+def _warner(renderer: Renderer) -> Callable[[str], None]:
+    """How the list parser's warnings reach the user: a line on the display (from any thread)."""
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+
+    def warn(text: str) -> None:
+        line = f"asyncdl: warning: {text}"
+        if threading.get_ident() == loop_thread:
+            renderer.message(line)
+        else:  # the thread that reads standard input
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(renderer.message, line)
+
+    return warn
 
 
 def _count_in_background(sources: list[_Source], progress: Progress) -> None:

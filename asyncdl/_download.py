@@ -41,7 +41,7 @@ from ._files import (
     size_of,
     storage_error,
 )
-from ._http import Body, Validator, open_body
+from ._http import Body, CookieSource, HopOptions, Validator, basic_authorization, open_body
 from ._models import BadEntry, Request, Result, Status
 from ._naming import (
     NameRegistry,
@@ -53,7 +53,7 @@ from ._naming import (
     temp_name,
 )
 from ._progress import Progress
-from ._ratelimit import RateLimiter
+from ._ratelimit import BothLimiters, RateLimiter
 from ._retry import RetryPolicy
 from ._segments import PIECE_SIZE, FileChanged, PieceMap, SpliceInto, fetch_pieces, write_piece
 from ._splice import WriteFailed
@@ -76,6 +76,16 @@ class Settings:
     # rename and at the no-clobber commit), and a final name that differs from the planned one is
     # recorded beside the temporary file, where a retried shard or a re-run finds it.
     shared_dest: bool = False
+    # Sent on every hop of every request unless a Request says otherwise (None: asyncdl/VERSION).
+    user_agent: str | None = None
+    referer: str | None = None
+    cookies: CookieSource | None = None  # a cookies.txt, each cookie sent where it may go
+    # TLS: the CA certificates to verify against (PEM text; None: the system's), or no verification.
+    ca_certificates: str | None = None
+    verify: bool = True
+
+    def overwrite_for(self, request: Request) -> bool:
+        return self.overwrite if request.overwrite is None else request.overwrite
 
 
 @dataclass(slots=True)
@@ -112,10 +122,25 @@ def plain_name(request: Request, dest: Path, registry: NameRegistry) -> str | No
         or request.dir is not None
         or request.checksum is not None
         or request.headers
+        or not is_plain_options(request)
     ):
         return None
     name = plain_url_name(request.url)  # None: not a plain URL
     return None if name is None else registry.claim(dest, name)
+
+
+def is_plain_options(request: Request) -> bool:
+    """Whether ``request`` has none of the per-download options (connections ... max_tries)."""
+    return (
+        request.connections is None
+        and request.user_agent is None
+        and request.referer is None
+        and request.auth is None
+        and request.limit_rate is None
+        and request.overwrite is None
+        and request.max_tries is None
+        and request.lowest_speed_limit is None
+    )
 
 
 def plan_download(item: Request | BadEntry, dest: Path, registry: NameRegistry) -> Plan:
@@ -159,6 +184,7 @@ class Engine:
         self.limiter = limiter
         self.registry = registry or NameRegistry()
         self.index = DirectoryIndex()
+        self.hop = _hop_options(settings.user_agent, settings.referer, settings.cookies)
         self._sleep = sleep
         self._rng = rng
 
@@ -192,7 +218,7 @@ class Engine:
             )
             self.progress.finish(None, result)
             return result
-        if not self.settings.overwrite:
+        if not self.settings.overwrite_for(request):
             done = await self._complete_target(plan, recheck)
             if done is not None:
                 result = Result(
@@ -230,6 +256,19 @@ class Engine:
         return plan.target if await self.exists(plan.directory, plan.name, exact=recheck) else None
 
 
+# max-tries=0 (no limit), as a number of retries: more than any run will make.
+_UNLIMITED_RETRIES = 1 << 30
+
+
+def _hop_options(user_agent: str | None, referer: str | None, cookies: CookieSource | None) -> HopOptions:
+    headers: list[tuple[str, str]] = []
+    if user_agent is not None:
+        headers.append(("User-Agent", user_agent))
+    if referer is not None:
+        headers.append(("Referer", referer))
+    return HopOptions(tuple(headers), cookies)
+
+
 class _OneStream(Exception):
     """Fetch this file in one stream: ranges work but cannot be used safely for pieces."""
 
@@ -254,7 +293,26 @@ class _Job:
         self.renamed = False
         self.temp = TempFile(plan.temp_path)
         self.server_name: str | None = None  # the Content-Disposition name, when it renamed the file
-        self.headers = (*engine.settings.headers, *self.request.headers)
+        request = self.request
+        settings = engine.settings
+        self.headers = (*settings.headers, *request.headers)
+        if request.auth is not None:  # Basic authentication, to the URL's origin only (as headers go)
+            self.headers = (*self.headers, ("Authorization", basic_authorization(*request.auth)))
+        self.hop = engine.hop
+        if request.user_agent is not None or request.referer is not None:
+            user_agent = request.user_agent or settings.user_agent
+            self.hop = _hop_options(user_agent, request.referer or settings.referer, settings.cookies)
+        self.connections = request.connections or settings.connections
+        self.overwrite = settings.overwrite_for(request)
+        self.policy = settings.retry
+        if request.max_tries is not None:
+            # aria2c's count: attempts per URL, the first included; 0 is no limit.
+            retries = request.max_tries - 1 if request.max_tries else _UNLIMITED_RETRIES
+            self.policy = dataclasses.replace(settings.retry, retries=retries)
+        self.limiter: RateLimiter | BothLimiters | None = engine.limiter
+        if request.limit_rate is not None:
+            own = RateLimiter(request.limit_rate)
+            self.limiter = own if engine.limiter is None else BothLimiters(own, engine.limiter)
         self._spliced_hash: Any = None  # the checksum's hash of a spliced body, taken as it was written
 
     def failed(self, error: str) -> Result:
@@ -269,7 +327,7 @@ class _Job:
         )
 
     async def run(self) -> Result:
-        policy = self.engine.settings.retry
+        policy = self.policy
         last_error: DownloadError | None = None
         for url in self.request.urls:
             tries = 0
@@ -324,13 +382,18 @@ class _Job:
     async def _attempt(self, url: str) -> Result:
         state, offset, validator, pieces = await self._resume_point()
         try:
-            if self.engine.settings.connections > 1 and (offset == 0 or pieces is not None):
+            if self.connections > 1 and (offset == 0 or pieces is not None):
                 try:
                     return await self._attempt_segmented(url, state, validator, pieces)
                 except _OneStream:
                     offset, validator = 0, None
             async with open_body(
-                self.engine.session, url, offset=offset, validator=validator, headers=self.headers
+                self.engine.session,
+                url,
+                offset=offset,
+                validator=validator,
+                headers=self.headers,
+                hop=self.hop,
             ) as body:
                 return await self._receive(url, body, state, offset)
         except BaseException:
@@ -352,7 +415,7 @@ class _Job:
         progress = engine.progress
         if pieces is None:
             async with open_body(
-                engine.session, url, offset=0, end=PIECE_SIZE - 1, headers=self.headers
+                engine.session, url, offset=0, end=PIECE_SIZE - 1, headers=self.headers, hop=self.hop
             ) as body:
                 total = body.range_total
                 if not (
@@ -402,7 +465,13 @@ class _Job:
             # Each piece asks the original URL (redirects are followed again), so that user
             # headers keep going only to the origin the user named.
             return open_body(
-                engine.session, url, offset=start, end=end, validator=validator, headers=self.headers
+                engine.session,
+                url,
+                offset=start,
+                end=end,
+                validator=validator,
+                headers=self.headers,
+                hop=self.hop,
             )
 
         try:
@@ -412,8 +481,8 @@ class _Job:
                 write_at=self.temp.write_at,
                 on_bytes=self._on_bytes,
                 on_piece_done=piece_done,
-                connections=engine.settings.connections,
-                max_failures=max(1, engine.settings.retry.retries) * engine.settings.connections,
+                connections=self.connections,
+                max_failures=max(1, min(self.policy.retries, _UNLIMITED_RETRIES)) * self.connections,
                 splice=self._splice_into(),
             )
         except FileChanged:
@@ -425,7 +494,7 @@ class _Job:
 
     def _splice_into(self) -> SpliceInto | None:
         """Where the pieces may be spliced: the pre-sized file, unless a rate limit applies."""
-        if self.engine.limiter is not None:
+        if self.limiter is not None:
             return None
 
         def landed(n: int) -> None:
@@ -435,8 +504,8 @@ class _Job:
         return SpliceInto(self.temp.sparse_fd, self.engine.session.timeout.sock_read, landed)
 
     async def _on_bytes(self, n: int) -> None:
-        if self.engine.limiter is not None:
-            await self.engine.limiter.take(n)
+        if self.limiter is not None:
+            await self.limiter.take(n)
         self.engine.progress.advance(self.key, n)
         self.received += n
 
@@ -455,7 +524,7 @@ class _Job:
         await self._maybe_rename(body)
         total = body.total_size
         checksum = self.request.checksum
-        limiter = self.engine.limiter
+        limiter = self.limiter
         # A spliced body never passes through Python: its checksum is computed from the file, as it
         # grows (see _splice below) or, when the splice turns out impossible after all (the first
         # bytes were taken already), at the end.
@@ -561,7 +630,7 @@ class _Job:
                 )
         if self.engine.settings.shared_dest:
             await self._commit_shared()
-        elif not await self.temp.commit(self.target, replace=self.engine.settings.overwrite):
+        elif not await self.temp.commit(self.target, replace=self.overwrite):
             raise _Skip()
         return Result(
             redact_url(self.request.url), str(self.target), Status.OK, size, self.attempts, None, self.request
@@ -599,7 +668,7 @@ class _Job:
             # request (or may be replaced with --overwrite): a file there now is another download's.
             # Another worker may still take the name before our commit, which then moves on to the
             # next suffix (_commit_shared): a file found there is never a reason to skip.
-            mine = await load_final_name(self.temp.path) if self.engine.settings.overwrite else None
+            mine = await load_final_name(self.temp.path) if self.overwrite else None
             directory = self.plan.directory
             while self.target.name != mine and await self.engine.exists(
                 directory, self.target.name, exact=True
@@ -608,9 +677,7 @@ class _Job:
             self.engine.progress.rename(self.key, self.target.name)
             return
         self.engine.progress.rename(self.key, self.target.name)
-        if not self.engine.settings.overwrite and await self.engine.exists(
-            self.target.parent, self.target.name
-        ):
+        if not self.overwrite and await self.engine.exists(self.target.parent, self.target.name):
             raise _Skip()
 
     async def _commit_shared(self) -> None:
@@ -621,7 +688,7 @@ class _Job:
         shard whose first worker committed it before dying). A Content-Disposition name may be
         another worker's: never replaced, and when taken the file moves on to the next suffix.
         """
-        overwrite = self.engine.settings.overwrite
+        overwrite = self.overwrite
         if self.server_name is None:
             if not await self.temp.commit(self.target, replace=overwrite):
                 raise _Skip()

@@ -12,12 +12,13 @@ import base64
 import functools
 import netrc
 import os
+import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -31,6 +32,7 @@ from ._exceptions import (
     RedirectError,
     RetryableStatus,
     StallError,
+    UsageError,
 )
 from ._retry import RETRYABLE_STATUSES, parse_retry_after
 from ._urls import SCHEMES, origin, redact_url
@@ -43,6 +45,8 @@ CHUNK_SIZE = 1024 * 1024
 # 1 MiB read finds a full chunk waiting, small enough to keep memory flat with many connections.
 READ_BUFSIZE = 512 * 1024
 MAX_REDIRECTS = 10
+# Connections the pool holds beyond -j x -x, for downloads whose list options ask more (split=N).
+EXTRA_CONNECTIONS = 16
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -131,16 +135,73 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
-def make_session(*, connections: int, stall_timeout_s: float | None) -> aiohttp.ClientSession:
+def basic_authorization(user: str, password: str) -> str:
+    """The Authorization value of HTTP Basic authentication for ``user`` and ``password``."""
+    return _basic(user, password)
+
+
+class CookieSource(Protocol):
+    """Gives the Cookie header for a URL (None: no cookie may go there)."""
+
+    def cookie_header(self, url: str) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HopOptions:
+    """What goes with every hop of a request, to whichever origin: ``headers`` (User-Agent,
+    Referer) and the cookies of ``cookies`` that may go to that hop's URL."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    cookies: CookieSource | None = None
+
+
+def tls_context(*, ca_certificates: str | None, verify: bool) -> ssl.SSLContext | bool:
+    """What the connector gets as ``ssl``: True (the default checks), False (none), or a context
+    that trusts the PEM text ``ca_certificates`` alone. A bad PEM raises ``ssl.SSLError``."""
+    if not verify:
+        return False
+    if ca_certificates is None:
+        return True
+    return ssl.create_default_context(cadata=ca_certificates)
+
+
+def read_ca_certificates(path: str | os.PathLike[str]) -> str:
+    """The PEM text of the CA certificates in ``path``; UsageError when it cannot be used."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read CA certificate file {path}: {exc.strerror or exc}") from None
+    try:
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError) as exc:
+        raise UsageError(f"no usable PEM CA certificate in {path}: {_brief(exc)}") from None
+    return text
+
+
+def make_session(
+    *,
+    connections: int,
+    stall_timeout_s: float | None,
+    ca_certificates: str | None = None,
+    verify: bool = True,
+) -> aiohttp.ClientSession:
     """One session (and keep-alive connection pool) for every download of a Downloader.
 
     The total timeout is off: a long download must never be cut by a wall-clock limit. The stall
     timeout applies to connecting and to every socket read instead. Proxies and .netrc come from
     the environment, read here once and decided per request in memory (see ``Environment``).
+    TLS: see ``tls_context``.
     """
     global _environment  # noqa: PLW0603 - one snapshot shared by every request of the process
     _environment = Environment.from_os()
-    connector = aiohttp.TCPConnector(limit=max(1, connections), limit_per_host=0, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(
+        # Room beyond -j x -x for the downloads whose own split asks more connections.
+        limit=max(1, connections) + EXTRA_CONNECTIONS,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        ssl=tls_context(ca_certificates=ca_certificates, verify=verify),
+    )
     timeout = aiohttp.ClientTimeout(
         total=None, connect=None, sock_connect=stall_timeout_s, sock_read=stall_timeout_s
     )
@@ -412,6 +473,19 @@ def request_headers(
     return send
 
 
+def add_hop_headers(send: dict[str, str], request_url: str, hop: HopOptions) -> None:
+    """Add what goes with every hop to ``send``: a user's own header of that name stays first."""
+    for name, value in hop.headers:
+        lowered = name.lower()
+        if not any(given.lower() == lowered for given in send):
+            send[name] = value
+    if hop.cookies is not None:
+        cookie = hop.cookies.cookie_header(request_url)
+        if cookie is not None:
+            mine = send.get("Cookie")
+            send["Cookie"] = f"{mine}; {cookie}" if mine else cookie
+
+
 @asynccontextmanager
 async def open_body(
     session: aiohttp.ClientSession,
@@ -422,12 +496,14 @@ async def open_body(
     validator: Validator | None = None,
     headers: Iterable[tuple[str, str]] = (),
     method: str = "GET",
+    hop: HopOptions | None = None,
 ) -> AsyncIterator[Body]:
     """GET ``url`` (following redirects) asking for the bytes from ``offset`` on (to ``end``, inclusive).
 
     Yields a :class:`Body` for 2xx and 416 answers; raises RetryableStatus / HTTPStatusError for the
     others, RedirectError for loops, and TransientError subclasses for network trouble. User headers and
     URL credentials go only to the origin of ``url``: a redirect to another origin drops them.
+    ``hop`` is sent on every hop (its cookies where they may go).
     """
     request_url, auth = _strip_credentials(url)
     first_url = request_url
@@ -437,6 +513,8 @@ async def open_body(
     try:
         for _hop in range(MAX_REDIRECTS + 1):
             send = request_headers(request_url, first_url, auth, user_headers)
+            if hop is not None:
+                add_hop_headers(send, request_url, hop)
             # Ask for the bytes as served: a compressed body could not be resumed or checked.
             send["Accept-Encoding"] = "identity"
             if offset > 0 or end is not None:

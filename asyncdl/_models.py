@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ._exceptions import UsageError
+from ._ratelimit import parse_rate
 
 # The names of the list format (aria2c's) mapped to hashlib's.
 CHECKSUM_ALGORITHMS = {
@@ -80,6 +81,13 @@ class Request:
     ``dir`` is a subdirectory of the downloader's destination. ``headers`` accepts a mapping or
     ``(name, value)`` pairs and is stored as pairs. ``source`` says where the request came from
     (``urls.txt:12``) for messages.
+
+    Options for this download alone (None: the downloader's), as the aria2 keys of the list format:
+    ``connections`` (``split`` / ``max-connection-per-server``, as -x), ``user_agent``, ``referer``
+    (sent on every hop), ``auth`` (``(user, password)``: Basic authentication, to the URL's origin
+    only), ``limit_rate`` (bytes/s or ``"500K"``: a cap for this download, within the overall one),
+    ``overwrite``, ``max_tries`` (attempts per URL, the first included; 0: no limit) and
+    ``lowest_speed_limit`` (bytes/s or ``"10K"``).
     """
 
     url: str
@@ -89,6 +97,14 @@ class Request:
     checksum: Checksum | None = None
     headers: HeaderPairs = ()
     source: str | None = field(default=None, compare=False)
+    connections: int | None = None
+    user_agent: str | None = None
+    referer: str | None = None
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+    limit_rate: int | None = None
+    overwrite: bool | None = None
+    max_tries: int | None = None
+    lowest_speed_limit: int | None = None
 
     # Written out rather than generated (the dataclass keeps it): plain requests (a URL and nothing
     # else) are made by the million, and one store in the instance dict per field costs a quarter of
@@ -102,6 +118,14 @@ class Request:
         checksum: Checksum | str | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         source: str | None = None,
+        connections: int | None = None,
+        user_agent: str | None = None,
+        referer: str | None = None,
+        auth: tuple[str, str] | None = None,
+        limit_rate: int | str | None = None,
+        overwrite: bool | None = None,
+        max_tries: int | None = None,
+        lowest_speed_limit: int | str | None = None,
     ) -> None:
         if mirrors.__class__ is not tuple:
             mirrors = tuple(mirrors)
@@ -119,6 +143,17 @@ class Request:
         values["checksum"] = checksum
         values["headers"] = headers
         values["source"] = source
+        values["connections"] = _at_least("connections", connections, 1)
+        values["user_agent"] = user_agent
+        values["referer"] = referer
+        if auth is not None:
+            user, password = auth
+            auth = (str(user), str(password))
+        values["auth"] = auth
+        values["limit_rate"] = _rate("limit_rate", limit_rate)
+        values["overwrite"] = overwrite
+        values["max_tries"] = _at_least("max_tries", max_tries, 0)
+        values["lowest_speed_limit"] = _rate("lowest_speed_limit", lowest_speed_limit)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -146,7 +181,32 @@ def plain_request(url: str, source: str | None) -> Request:
     values["checksum"] = None
     values["headers"] = ()
     values["source"] = source
+    values["connections"] = None
+    values["user_agent"] = None
+    values["referer"] = None
+    values["auth"] = None
+    values["limit_rate"] = None
+    values["overwrite"] = None
+    values["max_tries"] = None
+    values["lowest_speed_limit"] = None
     return request
+
+
+def _at_least(name: str, value: int | None, minimum: int) -> int | None:
+    if value is not None and (value.__class__ is not int or value < minimum):
+        raise UsageError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    return value
+
+
+def _rate(name: str, value: int | str | None) -> int | None:
+    """Bytes per second from an int or a text such as ``500K`` (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_rate(value)
+    if value.__class__ is not int or value <= 0:
+        raise UsageError(f"{name} must be a positive number of bytes per second, not {value!r}")
+    return value
 
 
 _new_object = object.__new__

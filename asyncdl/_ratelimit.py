@@ -60,3 +60,15 @@ class RateLimiter:
         delay = self.reserve(n)
         if delay > 0:
             await self._sleep(delay)
+
+
+class BothLimiters:
+    """Two caps at once (a download's own and the overall one): ``take`` waits for both."""
+
+    def __init__(self, first: RateLimiter, second: RateLimiter) -> None:
+        self.first = first
+        self.second = second
+
+    async def take(self, n: int) -> None:
+        await self.first.take(n)
+        await self.second.take(n)

@@ -187,7 +187,10 @@ class DownloadWorker:
             await ensure_dir(self.dest)
             config = self.config
             session = make_session(
-                connections=config.jobs * config.connections, stall_timeout_s=config.timeout
+                connections=config.jobs * config.connections,
+                stall_timeout_s=config.timeout,
+                ca_certificates=self.settings.ca_certificates,
+                verify=self.settings.verify,
             )
             self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
         return self._engine

@@ -16,18 +16,26 @@ The format is a superset of "one URL a line" and reads the input files of ``aria
   dropped and each field is stripped; trailing white space (and CR) on a URL line is ignored.
 - Blank lines, and lines whose first non-blank character is ``#``, are ignored everywhere, also between
   a download and its options. There are no end-of-line comments.
-- A line that begins with white space holds one ``key=value`` option for the download above it. Key and
-  value are stripped. Known keys: ``out=NAME``, ``dir=DIR``, ``checksum=ALGO=HEX`` (``sha-256``,
-  ``sha-1``, ``sha-512``, ``md5`` ...) and ``header=Name: value`` (repeatable, kept in order). ``out``,
-  ``dir`` and ``checksum`` may appear once per download. Keys are case-sensitive, like aria2c's.
+- A line that begins with white space is always an option line (as in aria2c: an indented URL is
+  not a download) holding one ``key=value`` option for the download above it. Key and value are
+  stripped. Keys are case-sensitive, like aria2c's. Known keys: ``out=NAME``, ``dir=DIR``,
+  ``checksum=ALGO=HEX`` (``sha-256``, ``sha-1``, ``sha-512``, ``md5`` ...), ``header=Name: value``
+  (repeatable, kept in order), and aria2c's ``split=N`` and ``max-connection-per-server=N``
+  (connections for this download: the smaller when both), ``referer``, ``user-agent``,
+  ``http-user`` + ``http-passwd`` (Basic authentication), ``max-download-limit=RATE`` (0: none),
+  ``allow-overwrite=true|false``, ``max-tries=N`` (0: no limit) and ``lowest-speed-limit=RATE``
+  (0: off). A known key may appear once per download (``header`` excepted).
+- Option lines before the first download are ignored, as aria2c does.
 - A UTF-8 byte order mark at the start of the first line is skipped.
 
-Problems never raise: they come out as :class:`~asyncdl._models.BadEntry` values, in list order, and
-the rest of the list still parses. A URL line that is not a usable http(s) URL is one BadEntry (its
-option lines are skipped). A bad option (no ``=``, unknown key, repeated key, bad checksum, bad header)
+Problems never raise. An option asyncdl does not know (any other aria2c option, such as
+``pause=true``) is ignored, and reported through ``warn`` once per key and source, with the line it
+was first seen on; so is an indented URL. A URL line that is not a usable http(s) URL comes out as a
+:class:`~asyncdl._models.BadEntry` (its option lines are skipped), in list order, and the rest of the
+list still parses. A bad value of a known option (a bad checksum, ``split=x``, a repeated ``out``)
 turns its whole download into one BadEntry whose message names the option's line; later problems in
-the same download are not reported. An option line before the first download is a BadEntry of its own.
-Messages never show a URL's password.
+the same download are not reported. Messages never show a URL's password or an option's value that
+may be a secret.
 
 Laziness: a download is yielded when the next line that is neither blank, a comment nor an option has
 been read (or the input has ended), so the parser reads exactly one such line ahead and holds at most
@@ -38,17 +46,35 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from ._exceptions import UsageError
-from ._models import BadEntry, Checksum, Request, plain_request
+from ._models import CHECKSUM_ALGORITHMS, BadEntry, Checksum, Request, plain_request
+from ._ratelimit import parse_rate
 from ._urls import PLAIN_URL, redact_url, usable_url_problem
 
-__all__ = ["parse_lines"]
+__all__ = ["format_request", "parse_lines"]
 
 _BOM = "\ufeff"
-_KNOWN_KEYS = ("checksum", "dir", "header", "out")
+# Keys whose value is text kept as given (once per download), by their attribute in _Download.
+_TEXT_KEYS = {
+    "out": "out",
+    "dir": "dir",
+    "referer": "referer",
+    "user-agent": "user_agent",
+    "http-user": "http_user",
+    "http-passwd": "http_passwd",
+}
+# Keys whose value is a number or a rate.
+_COUNT_KEYS = {"split": "split", "max-connection-per-server": "max_per_server", "max-tries": "max_tries"}
+_RATE_KEYS = {"max-download-limit": "limit_rate", "lowest-speed-limit": "lowest_speed_limit"}
+_KNOWN_KEYS = frozenset({"checksum", "header", "allow-overwrite", *_TEXT_KEYS, *_COUNT_KEYS, *_RATE_KEYS})
+# An option's value is echoed in a message only for these (others may be secrets: http-passwd).
+_ECHOED_KEYS = frozenset({"out", "dir", "split", "max-connection-per-server", "max-tries"})
+_TRUE_FALSE = {"true": True, "false": False}
+
+Warn = Callable[[str], None]
 # RFC 9110 token characters: what a header name may be made of.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters would corrupt a request line or a file name; HTAB is legal inside a header value.
@@ -59,12 +85,16 @@ _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _USERINFO_PASSWORD = re.compile(r"(?<![^/\s])[^/?#@:\s]*:([^/?#\s]*)@")
 
 
-def parse_lines(lines: Iterable[str], *, source: str) -> Iterator[Request | BadEntry]:
+def parse_lines(
+    lines: Iterable[str], *, source: str, warn: Warn | None = None
+) -> Iterator[Request | BadEntry]:
     """Yield a Request or a BadEntry for each download in ``lines``, in order.
 
     ``lines`` may carry their line endings or not, and is consumed lazily. ``source`` names the input
     in messages ("urls.txt", "<stdin>"); every item gets ``source="<source>:<line of its URL>"``.
+    ``warn`` gets a message for each option that is ignored (once per key: see the module's text).
     """
+    notes = _Notes(source, warn)
     pending: _Download | None = None
     # A plain URL line (the common case: no TAB, no white space, a usable URL) waits here as text,
     # and becomes a _Download only if option lines follow it.
@@ -88,17 +118,18 @@ def parse_lines(lines: Iterable[str], *, source: str) -> Iterator[Request | BadE
         if not stripped or stripped.startswith("#"):
             continue
         if plain is not None:
-            pending = _Download(plain, source=source, lineno=plain_lineno)
+            pending = _Download(plain, source=source, lineno=plain_lineno, notes=notes)
             plain = None
         if line[0].isspace():
             if pending is None:
-                yield _orphan_option(stripped, source=source, lineno=lineno)
+                # Ignored, as aria2c does; only an indented URL is worth a word.
+                notes.check_indented_url(stripped, lineno)
             else:
                 pending.add_option(stripped, lineno=lineno)
             continue
         if pending is not None:
             yield pending.finish()
-        pending = _Download(line.rstrip(), source=source, lineno=lineno)
+        pending = _Download(line.rstrip(), source=source, lineno=lineno, notes=notes)
     if plain is not None:
         yield plain_request(plain, prefix + str(plain_lineno))
     elif pending is not None:
@@ -109,31 +140,83 @@ class _OptionError(Exception):
     """What is wrong with one option line (internal; becomes a BadEntry message)."""
 
 
+class _Notes:
+    """What a parse reports through ``warn``: each ignored key once, with the line it was first on."""
+
+    __slots__ = ("reported", "source", "warn")
+
+    def __init__(self, source: str, warn: Warn | None) -> None:
+        self.source = source
+        self.warn = warn
+        self.reported: set[str] = set()
+
+    def once(self, key: str, lineno: int, message: str) -> None:
+        if self.warn is not None and key not in self.reported:
+            self.reported.add(key)
+            self.warn(f"{self.source}:{lineno}: {message}")
+
+    def check_indented_url(self, text: str, lineno: int) -> bool:
+        """Report an indented URL (once per source); whether ``text`` is one."""
+        if usable_url_problem(text) is not None:
+            return False
+        self.once(
+            "\0indented-url",
+            lineno,
+            f"indented URL {_redact(text)!r} ignored: a download's URL starts at column 0, "
+            "indented lines hold key=value options (reported once)",
+        )
+        return True
+
+
 class _Download:
     """One download being collected: its URL line and the options read so far."""
 
     __slots__ = (
+        "allow_overwrite",
         "bad_url",
         "checksum",
         "dir",
         "error",
         "headers",
+        "http_passwd",
+        "http_user",
+        "limit_rate",
+        "lowest_speed_limit",
+        "max_per_server",
+        "max_tries",
+        "notes",
         "out",
+        "referer",
+        "seen",
         "source",
         "source_name",
+        "split",
         "text",
         "urls",
+        "user_agent",
     )
 
-    def __init__(self, text: str, *, source: str, lineno: int) -> None:
+    def __init__(self, text: str, *, source: str, lineno: int, notes: _Notes) -> None:
         self.text = text
         self.source_name = source
         self.source = f"{source}:{lineno}"
+        self.notes = notes
         self.urls = [field.strip() for field in text.split("\t") if field.strip()]
         self.out: str | None = None
         self.dir: str | None = None
         self.checksum: Checksum | None = None
         self.headers: list[tuple[str, str]] = []
+        self.referer: str | None = None
+        self.user_agent: str | None = None
+        self.http_user: str | None = None
+        self.http_passwd: str | None = None
+        self.split: int | None = None
+        self.max_per_server: int | None = None
+        self.max_tries: int | None = None
+        self.limit_rate: int | None = None
+        self.lowest_speed_limit: int | None = None
+        self.allow_overwrite: bool | None = None
+        self.seen: set[str] = set()  # the single-valued keys given so far
         # A BadEntry message, once something is wrong; later option lines are then only consumed.
         self.error: str | None = None
         self.bad_url = False
@@ -149,47 +232,61 @@ class _Download:
         if self.error is not None:
             return
         try:
-            self._apply(text)
+            self._apply(text, lineno)
         except _OptionError as exc:
             self.error = f"{self.source_name}:{lineno}: {exc}"
 
-    def _apply(self, text: str) -> None:
+    def _apply(self, text: str, lineno: int) -> None:
         key, sep, value = text.partition("=")
         key, value = key.strip(), value.strip()
-        if key not in _KNOWN_KEYS and usable_url_problem(text) is None:
-            raise _OptionError(
-                f"indented URL {_redact(text)!r}: a URL must start at column 0, "
-                "indented lines hold key=value options"
-            )
+        if key not in _KNOWN_KEYS:
+            if not self.notes.check_indented_url(text, lineno):
+                # The value is not echoed: it may be a secret.
+                shown = _redact(key) if sep else "(a line without '=')"
+                self.notes.once(key if sep else "\0no-equals", lineno, f"unknown option {shown!r} ignored")
+            return
         if not sep:
             raise _OptionError(f"option line without '=': {_redact(text)!r}")
-        if key not in _KNOWN_KEYS:
-            # The value is not echoed: it may be a secret (aria2c has http-passwd=...).
-            raise _OptionError(f"unknown option {_redact(key)!r} (known: {', '.join(_KNOWN_KEYS)})")
         if key == "header":
             self.headers.append(_parse_header(value))
-        elif key == "checksum":
-            if self.checksum is not None:
-                raise _OptionError("checksum= given twice for one download")
+            return
+        if key in self.seen:
+            raise _OptionError(f"{key}= given twice for one download")
+        self.seen.add(key)
+        if key == "checksum":
             try:
                 self.checksum = Checksum.parse(value)
             except UsageError as exc:
                 raise _OptionError(f"bad checksum: {exc}") from None
-        else:
-            if getattr(self, key) is not None:
-                raise _OptionError(f"{key}= given twice for one download")
-            if not value:
+            return
+        shown = f": {value!r}" if key in _ECHOED_KEYS else ""
+        if _CONTROL.search(value):
+            raise _OptionError(f"{key}= contains a control character{shown}")
+        if key in _TEXT_KEYS:
+            if not value and key != "http-passwd":
                 raise _OptionError(f"{key}= needs a value")
-            if _CONTROL.search(value):
-                raise _OptionError(f"{key}= contains a control character: {value!r}")
-            setattr(self, key, value)
+            setattr(self, _TEXT_KEYS[key], value)
+        elif key in _COUNT_KEYS:
+            minimum = 0 if key == "max-tries" else 1
+            if not value.isdigit() or int(value) < minimum:
+                raise _OptionError(f"{key}= must be a whole number of at least {minimum}{shown}")
+            setattr(self, _COUNT_KEYS[key], int(value))
+        elif key in _RATE_KEYS:
+            setattr(self, _RATE_KEYS[key], _option_rate(key, value))
+        else:  # allow-overwrite
+            if value not in _TRUE_FALSE:
+                raise _OptionError(f"{key}= must be true or false, not {value!r}")
+            self.allow_overwrite = _TRUE_FALSE[value]
 
     def finish(self) -> Request | BadEntry:
         """The Request, or the BadEntry for the first problem found."""
+        if self.error is None and self.http_passwd is not None and self.http_user is None:
+            self.error = f"{self.source}: http-passwd= needs http-user="
         if self.error is not None:
             # A bad URL line is kept as written; a bad option fails the download's (first) URL.
             url = self.text if self.bad_url else self.urls[0]
             return BadEntry(url=url, message=self.error, source=self.source)
+        counts = [n for n in (self.split, self.max_per_server) if n is not None]
         return Request(
             self.urls[0],
             mirrors=tuple(self.urls[1:]),
@@ -198,7 +295,71 @@ class _Download:
             checksum=self.checksum,
             headers=tuple(self.headers),
             source=self.source,
+            connections=min(counts) if counts else None,
+            user_agent=self.user_agent,
+            referer=self.referer,
+            auth=None if self.http_user is None else (self.http_user, self.http_passwd or ""),
+            limit_rate=self.limit_rate,
+            overwrite=self.allow_overwrite,
+            max_tries=self.max_tries,
+            lowest_speed_limit=self.lowest_speed_limit,
         )
+
+
+def _option_rate(key: str, value: str) -> int | None:
+    """A rate option's bytes per second; 0 is aria2c's "no limit" (None)."""
+    if value.strip() == "0":
+        return None
+    try:
+        return parse_rate(value)
+    except UsageError:
+        raise _OptionError(f"{key}= must be a rate such as 500K or 2M, not {value!r}") from None
+
+
+def format_request(request: Request) -> str:
+    """``request`` in the list format: its URL line (mirrors after TABs) and its option lines.
+
+    ``parse_lines`` reads it back as an equal Request. The text holds what the request holds,
+    credentials included (the URL's, ``http-passwd``): a file written from it is the user's to guard.
+    """
+    lines = ["\t".join(_one_line(url) for url in request.urls)]
+
+    def option(key: str, value: object) -> None:
+        lines.append(f"  {key}={_one_line(str(value))}")
+
+    if request.out is not None:
+        option("out", request.out)
+    if request.dir is not None:
+        option("dir", request.dir)
+    if request.checksum is not None:
+        algorithm = request.checksum.algorithm
+        name = next((k for k, v in CHECKSUM_ALGORITHMS.items() if v == algorithm), algorithm)
+        option("checksum", f"{name}={request.checksum.hexdigest}")
+    for name, value in request.headers:
+        option("header", f"{name}: {value}")
+    if request.connections is not None:
+        option("split", request.connections)
+    if request.user_agent is not None:
+        option("user-agent", request.user_agent)
+    if request.referer is not None:
+        option("referer", request.referer)
+    if request.auth is not None:
+        option("http-user", request.auth[0])
+        option("http-passwd", request.auth[1])
+    if request.limit_rate is not None:
+        option("max-download-limit", request.limit_rate)
+    if request.overwrite is not None:
+        option("allow-overwrite", "true" if request.overwrite else "false")
+    if request.max_tries is not None:
+        option("max-tries", request.max_tries)
+    if request.lowest_speed_limit is not None:
+        option("lowest-speed-limit", request.lowest_speed_limit)
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    """``text`` without the line breaks and TABs that would end or split its line in the format."""
+    return _CONTROL.sub(" ", text).strip()
 
 
 def _parse_header(value: str) -> tuple[str, str]:
@@ -212,14 +373,6 @@ def _parse_header(value: str) -> tuple[str, str]:
     if _HEADER_VALUE_CONTROL.search(field_value):
         raise _OptionError(f"value of header {name!r} contains a control character")
     return name, field_value
-
-
-def _orphan_option(text: str, *, source: str, lineno: int) -> BadEntry:
-    return BadEntry(
-        url=text,
-        message=f"{source}:{lineno}: option line with no download above it: {_redact(text)!r}",
-        source=f"{source}:{lineno}",
-    )
 
 
 def _redact(text: str) -> str:

@@ -37,7 +37,8 @@ class Seen:
 
 
 class FileServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, FileRoute] = {}
         self.requests: list[Seen] = []
         self.fallback: FileRoute | None = None  # answers paths with no route of their own
@@ -57,7 +58,7 @@ class FileServer:
         return route
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def requests_for(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.path == path]
@@ -67,7 +68,7 @@ class FileServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         server = site._server
         assert server is not None

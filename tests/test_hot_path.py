@@ -127,7 +127,23 @@ SHA256_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 
 # Values each class keeps as given, one per field, in field order.
 KEPT_VALUES = {
-    Request: ("u", ("m",), "o", "d", Checksum("sha256", SHA256_EMPTY), (("N", "v"),), "s"),
+    Request: (
+        "u",
+        ("m",),
+        "o",
+        "d",
+        Checksum("sha256", SHA256_EMPTY),
+        (("N", "v"),),
+        "s",
+        2,
+        "ua",
+        "https://r.example/",
+        ("user", "pw"),
+        100,
+        True,
+        3,
+        50,
+    ),
     Result: ("u", "p", Status.OK, 1, 2, "e", Request("u"), 3, 4),
 }
 

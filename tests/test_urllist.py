@@ -23,6 +23,12 @@ def parse(text: str, source: str = "urls.txt") -> list[Request | BadEntry]:
     return list(parse_lines(io.StringIO(text), source=source))
 
 
+def parse_warned(text: str, source: str = "urls.txt") -> tuple[list[Request | BadEntry], list[str]]:
+    warnings: list[str] = []
+    items = list(parse_lines(io.StringIO(text), source=source, warn=warnings.append))
+    return items, warnings
+
+
 def only_bad(items: list[Request | BadEntry]) -> BadEntry:
     assert len(items) == 1
     assert isinstance(items[0], BadEntry)
@@ -87,9 +93,8 @@ def test_bom_on_first_line_is_stripped() -> None:
 
 def test_bom_before_a_comment_and_before_an_option() -> None:
     assert parse("\ufeff# comment\nhttps://example.org/a\n") == [Request("https://example.org/a")]
-    bad = parse("\ufeff  out=x\nhttps://example.org/a\n")
-    assert isinstance(bad[0], BadEntry)
-    assert bad[1] == Request("https://example.org/a")
+    # An option line before the first download is ignored, as aria2c does.
+    assert parse("\ufeff  out=x\nhttps://example.org/a\n") == [Request("https://example.org/a")]
 
 
 def test_bom_later_is_not_stripped() -> None:
@@ -199,9 +204,24 @@ def test_header_value_may_contain_colons() -> None:
     ("option", "expected"),
     [
         ("out", "urls.txt:4: option line without '=': 'out'"),
-        ("split=5", "urls.txt:4: unknown option 'split' (known: checksum, dir, header, out)"),
-        ("OUT=x", "urls.txt:4: unknown option 'OUT' (known: checksum, dir, header, out)"),
-        ("=x", "urls.txt:4: unknown option '' (known: checksum, dir, header, out)"),
+        ("split=x", "urls.txt:4: split= must be a whole number of at least 1: 'x'"),
+        ("split=0", "urls.txt:4: split= must be a whole number of at least 1: '0'"),
+        (
+            "max-connection-per-server=-1",
+            "urls.txt:4: max-connection-per-server= must be a whole number of at least 1: '-1'",
+        ),
+        ("max-tries=many", "urls.txt:4: max-tries= must be a whole number of at least 0: 'many'"),
+        (
+            "max-download-limit=fast",
+            "urls.txt:4: max-download-limit= must be a rate such as 500K or 2M, not 'fast'",
+        ),
+        (
+            "lowest-speed-limit=1Q",
+            "urls.txt:4: lowest-speed-limit= must be a rate such as 500K or 2M, not '1Q'",
+        ),
+        ("allow-overwrite=yes", "urls.txt:4: allow-overwrite= must be true or false, not 'yes'"),
+        ("referer=", "urls.txt:4: referer= needs a value"),
+        ("user-agent=a\x00b", "urls.txt:4: user-agent= contains a control character"),
         ("checksum=sha-256", "urls.txt:4: bad checksum: checksum must look like sha-256=HEX, not 'sha-256'"),
         ("checksum=sha-256=abc", "urls.txt:4: bad checksum: checksum for sha-256 must be 64 hex digits"),
         ("checksum=crc32=abcd", "urls.txt:4: bad checksum: unsupported checksum algorithm 'crc32'"),
@@ -233,17 +253,82 @@ def test_single_options_may_not_repeat(key: str) -> None:
 
 
 def test_first_bad_option_is_reported_later_ones_are_consumed() -> None:
-    text = "https://example.org/f\n  out=a\n  nope=1\n  out\n  header=x\nhttps://example.org/g\n"
+    text = "https://example.org/f\n  out=a\n  split=x\n  out\n  header=x\nhttps://example.org/g\n"
     bad, good = parse(text)
     assert isinstance(bad, BadEntry)
-    assert bad.message.startswith("urls.txt:3: unknown option 'nope'")
+    assert bad.message.startswith("urls.txt:3: split= must be")
     assert good == Request("https://example.org/g")
     assert good.source == "urls.txt:6"
 
 
+def test_unknown_options_are_reported_once_per_key_and_ignored() -> None:
+    text = (
+        "https://example.org/f\n"
+        "  pause=true\n"
+        "  out=f.bin\n"
+        "  OUT=x\n"
+        "https://example.org/g\n"
+        "  pause=false\n"
+        "  bt-tracker=http://t.example/announce?secret=1\n"
+        "  just words\n"
+        "  more words\n"
+    )
+    items, warnings = parse_warned(text)
+    assert items == [Request("https://example.org/f", out="f.bin"), Request("https://example.org/g")]
+    assert warnings == [
+        "urls.txt:2: unknown option 'pause' ignored",
+        "urls.txt:4: unknown option 'OUT' ignored",
+        "urls.txt:7: unknown option 'bt-tracker' ignored",
+        "urls.txt:8: unknown option \"(a line without '=')\" ignored",
+    ]
+
+
+def test_each_source_reports_its_own_unknown_keys() -> None:
+    _, first = parse_warned("https://example.org/f\n  pause=true\n", source="a.txt")
+    _, second = parse_warned("https://example.org/f\n  pause=true\n", source="b.txt")
+    assert first == ["a.txt:2: unknown option 'pause' ignored"]
+    assert second == ["b.txt:2: unknown option 'pause' ignored"]
+
+
 def test_unknown_option_value_is_not_echoed() -> None:
-    bad = only_bad(parse("https://example.org/f\n  http-passwd=hunter2\n"))
-    assert "hunter2" not in bad.message
+    _, warnings = parse_warned("https://example.org/f\n  rpc-secret=hunter2\n")
+    assert warnings == ["urls.txt:2: unknown option 'rpc-secret' ignored"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["split=4"], {"connections": 4}),
+        (["max-connection-per-server=3"], {"connections": 3}),
+        (["split=8", "max-connection-per-server=2"], {"connections": 2}),
+        (["max-connection-per-server=5", "split=3"], {"connections": 3}),
+        (["referer=https://example.org/page"], {"referer": "https://example.org/page"}),
+        (["user-agent=Wget/1.21 (linux)"], {"user_agent": "Wget/1.21 (linux)"}),
+        (["http-user=alice", "http-passwd=s3 cret=x"], {"auth": ("alice", "s3 cret=x")}),
+        (["http-user=alice"], {"auth": ("alice", "")}),
+        (["max-download-limit=500K"], {"limit_rate": 500 * 1024}),
+        (["max-download-limit=0"], {}),
+        (["allow-overwrite=true"], {"overwrite": True}),
+        (["allow-overwrite=false"], {"overwrite": False}),
+        (["max-tries=3"], {"max_tries": 3}),
+        (["max-tries=0"], {"max_tries": 0}),
+        (["lowest-speed-limit=10K"], {"lowest_speed_limit": 10 * 1024}),
+        (["lowest-speed-limit=0"], {}),
+    ],
+)
+def test_aria2_keys_become_request_options(lines: list[str], expected: dict[str, object]) -> None:
+    text = "https://example.org/f\n" + "".join(f"  {line}\n" for line in lines)
+    items, warnings = parse_warned(text)
+    assert items == [Request("https://example.org/f", **expected)]  # type: ignore[arg-type]
+    assert warnings == []
+
+
+def test_password_of_http_passwd_is_never_in_a_message() -> None:
+    bad = only_bad(parse("https://example.org/f\n  http-passwd=hunter2\n  http-passwd=hunter2\n"))
+    assert bad.message == "urls.txt:3: http-passwd= given twice for one download"
+    alone = only_bad(parse("https://example.org/f\n  http-passwd=hunter2\n"))
+    assert alone.message == "urls.txt:1: http-passwd= needs http-user="
+    assert "hunter2" not in repr(Request("https://example.org/f", auth=("u", "hunter2")))
 
 
 def test_header_without_colon_is_not_echoed() -> None:
@@ -251,37 +336,33 @@ def test_header_without_colon_is_not_echoed() -> None:
     assert "s3cret" not in bad.message
 
 
-def test_indented_url_gets_a_hint() -> None:
-    text = "https://example.org/a\n  https://example.org/b\n"
-    bad = only_bad(parse(text))
-    assert bad.message == (
-        "urls.txt:2: indented URL 'https://example.org/b': a URL must start at column 0, "
-        "indented lines hold key=value options"
-    )
-    assert bad.url == "https://example.org/a"
+def test_an_indented_url_is_not_a_download_and_is_reported_once() -> None:
+    text = "https://example.org/a\n  https://example.org/b\n  https://example.org/c\n"
+    items, warnings = parse_warned(text)
+    assert items == [Request("https://example.org/a")]
+    assert warnings == [
+        "urls.txt:2: indented URL 'https://example.org/b' ignored: a download's URL starts at column 0, "
+        "indented lines hold key=value options (reported once)"
+    ]
 
 
 def test_indented_url_with_a_query_gets_the_hint_too() -> None:
-    bad = only_bad(parse("https://example.org/a\n  https://u:pw@example.org/b?x=1\n"))
-    assert bad.message.startswith("urls.txt:2: indented URL 'https://u:***@example.org/b?x=1': ")
+    items, warnings = parse_warned("https://example.org/a\n  https://u:pw@example.org/b?x=1\n")
+    assert items == [Request("https://example.org/a")]
+    (warning,) = warnings
+    assert warning.startswith("urls.txt:2: indented URL 'https://u:***@example.org/b?x=1' ignored")
 
 
-def test_option_line_with_no_download_above_it() -> None:
-    text = "# list\n  out=a.bin\n\tdir=x\nhttps://example.org/f\n  out=f\n"
-    items = parse(text)
-    assert items == [
-        BadEntry(
-            url="out=a.bin",
-            message="urls.txt:2: option line with no download above it: 'out=a.bin'",
-            source="urls.txt:2",
-        ),
-        BadEntry(
-            url="dir=x",
-            message="urls.txt:3: option line with no download above it: 'dir=x'",
-            source="urls.txt:3",
-        ),
-        Request("https://example.org/f", out="f"),
-    ]
+def test_option_lines_before_the_first_download_are_ignored() -> None:
+    text = "# list\n  out=a.bin\n\tdir=x\n  pause=true\nhttps://example.org/f\n  out=f\n"
+    assert parse_warned(text) == ([Request("https://example.org/f", out="f")], [])
+
+
+def test_an_indented_list_downloads_nothing_and_says_why() -> None:
+    items, warnings = parse_warned("  https://example.org/a\n  https://example.org/b\n")
+    assert items == []
+    assert len(warnings) == 1
+    assert warnings[0].startswith("urls.txt:1: indented URL 'https://example.org/a' ignored")
 
 
 # --- bad URL lines ---------------------------------------------------------------------------------
@@ -319,12 +400,15 @@ def test_password_never_in_bad_url_message() -> None:
         "https://ok.example/f\thttp://carol:letmein@[::1/x\n"
         "https://ok.example/f\n  header=X: y\n  https://dave:opensesame@example.org/\n"
         "  https://erin:topsecret@example.org/\n"
+        "https://ok.example/g\n  header=X y\n"
     )
-    items = parse(text)
+    items, warnings = parse_warned(text)
     messages = [item.message for item in items if isinstance(item, BadEntry)]
-    assert len(items) == len(messages) == 4
+    assert len(items) == 5
+    assert len(messages) == 4
+    assert len(warnings) == 1
     for secret in ("hunter2", "pa55word", "letmein", "opensesame", "topsecret"):
-        assert not any(secret in message for message in messages), secret
+        assert not any(secret in message for message in [*messages, *warnings]), secret
     assert messages[0] == "urls.txt:1: not an http:// or https:// URL: 'ftp://alice:***@example.org/f'"
     assert "carol:***@" in messages[2]
     # The BadEntry keeps the text as written (a report redacts it later), only the message is cleaned.
@@ -333,8 +417,10 @@ def test_password_never_in_bad_url_message() -> None:
 
 
 def test_orphan_option_with_password_is_redacted() -> None:
-    bad = only_bad(parse("  https://u:sesame@example.org/x\n"))
-    assert "sesame" not in bad.message
+    items, warnings = parse_warned("  https://u:sesame@example.org/x\n")
+    assert items == []
+    assert len(warnings) == 1
+    assert "sesame" not in warnings[0]
 
 
 def test_password_of_a_url_without_scheme_is_redacted() -> None:
@@ -466,10 +552,10 @@ def test_bad_entries_are_lazy_too() -> None:
     assert feed.pulled == 2
 
 
-def test_orphan_option_is_yielded_without_reading_ahead() -> None:
-    feed = CountingLines(iter(["  out=x\n", *million_urls()]), limit=1)
-    assert isinstance(next(parse_lines(feed, source="s")), BadEntry)
-    assert feed.pulled == 1
+def test_orphan_options_are_skipped_without_reading_ahead() -> None:
+    feed = CountingLines(iter(["  out=x\n", "https://example.org/a\n", *million_urls()]), limit=3)
+    assert next(parse_lines(feed, source="s")) == Request("https://example.org/a")
+    assert feed.pulled == 3
 
 
 def test_last_download_is_yielded_at_end_of_input() -> None:

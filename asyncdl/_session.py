@@ -1,0 +1,84 @@
+"""--save-session: the downloads of a run that did not finish, written as a URL list.
+
+A :class:`Session` sees every request as the run takes it from the input and every result as it
+arrives. At the end (also after Ctrl-C or SIGTERM) it writes, in input order, the downloads that
+failed or were still under way, then the ones the run never took (the rest of the input), each in
+the list format with its options (``_urllist.format_request``), so that ``asyncdl FILE`` retries
+exactly those. A run in which everything finished leaves an empty file.
+
+It holds the requests under way (as many as the run has started) and the failed ones, nothing more.
+Lines that are not a usable download (a bad URL: a failed result without a request) are not
+written: they would only fail again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+from ._exceptions import UsageError
+from ._models import BadEntry, Request, Result, Status
+from ._urllist import format_request
+
+__all__ = ["Session"]
+
+
+class Session:
+    """The unfinished downloads of one run, for ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._open: dict[int, tuple[int, Request]] = {}  # id(request) -> (input order, request)
+        self._taken = 0
+        directory = self.path.parent
+        if self.path.is_dir():
+            raise UsageError(f"cannot write session file {self.path}: is a directory")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write session file {self.path}: {directory} is not writable")
+
+    def _take(self, item: Request | BadEntry) -> None:
+        if isinstance(item, Request):
+            self._open[id(item)] = (self._taken, item)
+        self._taken += 1
+
+    def track(self, items: Iterator[Request | BadEntry]) -> Iterator[Request | BadEntry]:
+        """``items``, noting each as the run takes it. ``items`` itself is not closed with this
+        generator: after an interruption ``write`` reads the rest of it."""
+        for item in items:
+            self._take(item)
+            yield item
+
+    async def track_async(
+        self, items: AsyncIterator[Request | BadEntry]
+    ) -> AsyncIterator[Request | BadEntry]:
+        async for item in items:
+            self._take(item)
+            yield item
+
+    def finished(self, result: Result) -> None:
+        """A result arrived: a download that ended ok or skipped is done with."""
+        if result.request is not None and result.status is not Status.FAILED:
+            self._open.pop(id(result.request), None)
+
+    def write(self, rest: Iterable[Request | BadEntry] = ()) -> None:
+        """Write the file (atomically, readable by the user alone: it may hold credentials):
+        the open downloads in input order, then the Requests of ``rest``."""
+        directory = self.path.parent
+        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                for _order, request in sorted(self._open.values(), key=_first):
+                    handle.write(format_request(request))
+                for item in rest:
+                    if isinstance(item, Request):
+                        handle.write(format_request(item))
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+def _first(entry: tuple[int, Request]) -> int:
+    return entry[0]

@@ -1,0 +1,324 @@
+"""Flags people type from habit (wget, curl, aria2c), through the real command against local servers.
+
+-i, -U, --referer, --load-cookies (two loopback hosts, http and https), --ca-certificate,
+--no-check-certificate, -c and --save-session (after failures and after Ctrl-C, then re-run from it).
+"""
+
+from __future__ import annotations
+
+import signal
+import ssl
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from clirun import finish, run_cli, start_cli
+from faultserver import FaultServer
+from httpserver import FileServer
+from test_tls import self_signed, tls_server  # noqa: F401 - the fixture is used by name
+
+from asyncdl import Downloader, Status, UsageError, __version__, download_many
+
+FAR_FUTURE = 4102444800  # 2100-01-01
+COOKIES_HEADER = "# Netscape HTTP Cookie File\n"
+
+
+def cookie_names(header: str | None) -> set[str]:
+    if not header:
+        return set()
+    return {part.split("=", 1)[0].strip() for part in header.split(";")}
+
+
+def cookie_file(path: Path, *lines: tuple[str, ...]) -> Path:
+    path.write_text(COOKIES_HEADER + "".join("\t".join(fields) + "\n" for fields in lines))
+    return path
+
+
+# --- -i, -U, --referer, -c -------------------------------------------------------------------------
+
+
+async def test_input_files_are_sources_and_repeat(file_server: FileServer, tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        file_server.add(f"/{name}", name.encode())
+    (tmp_path / "one.txt").write_text(file_server.url("/a") + "\n")
+    (tmp_path / "two.txt").write_text(file_server.url("/b") + "\n")
+    out = tmp_path / "out"
+
+    code, err = await run_cli(
+        file_server.url("/c"), "-i", str(tmp_path / "one.txt"), "--input-file", str(tmp_path / "two.txt"),
+        "-d", str(out), "-c", "-q",
+    )  # fmt: skip
+
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c"]
+
+
+async def test_no_source_is_a_usage_error(tmp_path: Path) -> None:
+    code, err = await run_cli("-d", str(tmp_path))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "no SOURCE given" in err
+
+
+async def test_user_agent_default_flag_and_referer(file_server: FileServer, tmp_path: Path) -> None:
+    file_server.add("/a", b"a")
+    file_server.add("/b", b"b")
+
+    first, _ = await run_cli(file_server.url("/a"), "-d", str(tmp_path / "1"), "-q")
+    second, _ = await run_cli(
+        file_server.url("/b"), "-d", str(tmp_path / "2"), "-q", "-U", "Mozilla/5.0 (X11)",
+        "--referer", "https://example.org/from",
+    )  # fmt: skip
+
+    assert (first, second) == (0, 0)
+    (a,) = file_server.requests_for("/a")
+    assert a.headers["User-Agent"] == f"asyncdl/{__version__}"
+    assert "Referer" not in a.headers
+    (b,) = file_server.requests_for("/b")
+    assert b.headers["User-Agent"] == "Mozilla/5.0 (X11)"
+    assert b.headers["Referer"] == "https://example.org/from"
+
+
+# --- cookies ---------------------------------------------------------------------------------------
+
+
+async def test_cookies_go_only_where_domain_path_secure_and_expiry_allow(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    async with FileServer(host="127.0.0.2") as other:
+        for server in (file_server, other):
+            server.add("/a", b"a")
+            server.add("/private/b", b"b")
+        cookies = cookie_file(
+            tmp_path / "cookies.txt",
+            ("127.0.0.1", "FALSE", "/", "FALSE", "0", "session", "s1"),
+            ("127.0.0.1", "FALSE", "/", "FALSE", str(FAR_FUTURE), "host", "h1"),
+            ("127.0.0.1", "FALSE", "/private", "FALSE", str(FAR_FUTURE), "priv", "p1"),
+            ("127.0.0.1", "FALSE", "/", "TRUE", str(FAR_FUTURE), "secure", "x1"),
+            ("127.0.0.1", "FALSE", "/", "FALSE", "1", "expired", "o1"),
+            ("#HttpOnly_127.0.0.2", "FALSE", "/", "FALSE", str(FAR_FUTURE), "other", "o2"),
+        )
+        url_list = tmp_path / "in.txt"
+        url_list.write_text(
+            "".join(
+                f"{server.url(path)}\n  dir={server.host}\n"
+                for server in (file_server, other)
+                for path in ("/a", "/private/b")
+            )
+        )
+
+        code, err = await run_cli(str(url_list), "-d", str(tmp_path / "out"), "--load-cookies", str(cookies))
+
+        assert code == 0, err
+
+        def sent(server: FileServer, path: str) -> set[str]:
+            (seen,) = server.requests_for(path)
+            return cookie_names(seen.headers.get("Cookie"))
+
+        assert sent(file_server, "/a") == {"session", "host"}
+        assert sent(file_server, "/private/b") == {"session", "host", "priv"}
+        assert sent(other, "/a") == {"other"}
+        assert sent(other, "/private/b") == {"other"}
+
+
+async def test_a_secure_cookie_travels_over_https_only(
+    self_signed: ssl.SSLContext,  # noqa: F811
+    file_server: FileServer,
+    tmp_path: Path,
+) -> None:
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        return web.Response(body=b"tls")
+
+    file_server.add("/plain", b"plain")
+    cookies = cookie_file(
+        tmp_path / "cookies.txt",
+        ("127.0.0.1", "FALSE", "/", "TRUE", str(FAR_FUTURE), "secure", "x1"),
+        ("127.0.0.1", "FALSE", "/", "FALSE", str(FAR_FUTURE), "plain", "p1"),
+    )
+    async with tls_server(self_signed, handler) as origin:
+        code, err = await run_cli(
+            f"{origin}/tls", file_server.url("/plain"), "-d", str(tmp_path / "out"), "-q",
+            "--load-cookies", str(cookies), "--ca-certificate", str(tmp_path / "cert.pem"),
+        )  # fmt: skip
+    assert code == 0, err
+    assert [cookie_names(header) for header in seen] == [{"secure", "plain"}]
+    (plain,) = file_server.requests_for("/plain")
+    assert cookie_names(plain.headers.get("Cookie")) == {"plain"}
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        (COOKIES_HEADER + "127.0.0.1\tFALSE\t/\tFALSE\t0\tok\tv\nbroken line\n", ":3: bad cookie line"),
+        (COOKIES_HEADER + "\n.example.org\tFALSE\t/\tFALSE\t0\tn\tv\n", ":3: bad cookie line"),
+        ("127.0.0.1\tFALSE\t/\tFALSE\t0\tn\tv\n", ":1: not a Netscape cookies file"),
+    ],
+)
+async def test_a_malformed_cookies_file_is_a_usage_error_naming_the_line(
+    tmp_path: Path, content: str, where: str
+) -> None:
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(content)
+    code, err = await run_cli(
+        "http://127.0.0.1:9/x", "-d", str(tmp_path / "out"), "--load-cookies", str(cookies)
+    )
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert f"{cookies}{where}" in err
+    assert "Traceback" not in err
+
+
+async def test_the_library_takes_cookies_too(file_server: FileServer, tmp_path: Path) -> None:
+    file_server.add("/a", b"a")
+    cookies = cookie_file(tmp_path / "c.txt", ("127.0.0.1", "FALSE", "/", "FALSE", "0", "lib", "1"))
+    (result,) = await download_many([file_server.url("/a")], tmp_path / "out", cookies=cookies)
+    assert result.status is Status.OK
+    assert file_server.requests_for("/a")[0].headers["Cookie"] == "lib=1"
+    with pytest.raises(UsageError, match="cannot read cookies file"):
+        Downloader(tmp_path, cookies=tmp_path / "missing.txt")
+
+
+# --- TLS -------------------------------------------------------------------------------------------
+
+
+async def test_ca_certificate_and_no_check_certificate(
+    self_signed: ssl.SSLContext,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=request.path.encode())
+
+    async with tls_server(self_signed, handler) as origin:
+        refused, refused_err = await run_cli(f"{origin}/x", "-d", str(tmp_path / "0"), "-q")
+        trusted, trusted_err = await run_cli(
+            f"{origin}/a", "-d", str(tmp_path / "1"), "-q", "--ca-certificate", str(tmp_path / "cert.pem")
+        )
+        unchecked, unchecked_err = await run_cli(
+            f"{origin}/b", f"{origin}/c", "-d", str(tmp_path / "2"), "-q", "--no-check-certificate"
+        )
+        # Another CA than the server's: refused as without one.
+        other = tmp_path / "other"
+        other.mkdir()
+        wrong, _ = await run_cli(
+            f"{origin}/d", "-d", str(tmp_path / "3"), "-q", "--ca-certificate", str(make_other_ca(other))
+        )
+    assert refused == 1
+    assert "not trusted" in refused_err
+    assert trusted == 0, trusted_err
+    assert (tmp_path / "1" / "a").read_bytes() == b"/a"
+    assert unchecked == 0, unchecked_err
+    assert unchecked_err.count("--no-check-certificate") == 1
+    assert sorted(p.name for p in (tmp_path / "2").iterdir()) == ["b", "c"]
+    assert wrong == 1
+
+
+def make_other_ca(directory: Path) -> Path:
+    import subprocess
+
+    cert = directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(directory / "key.pem"),
+         "-out", str(cert), "-days", "1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+async def test_an_unusable_ca_certificate_is_a_usage_error(tmp_path: Path, content: str | None) -> None:
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    code, err = await run_cli(
+        "https://127.0.0.1:9/x", "-d", str(tmp_path / "out"), "--ca-certificate", str(ca)
+    )
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert str(ca) in err
+
+
+# --- --save-session --------------------------------------------------------------------------------
+
+
+async def test_save_session_lists_the_failures_and_a_rerun_retries_exactly_those(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    file_server.add("/ok", b"ok")
+    flaky = file_server.add("/flaky", b"flaky", statuses=[503, 503])
+    url_list = tmp_path / "in.txt"
+    url_list.write_text(
+        f"{file_server.url('/ok')}\n"
+        f"{file_server.url('/missing')}\n  out=m.bin\n  referer=https://r.example/\n  pause=true\n"
+        "not-a-url\n"
+        f"{file_server.url('/flaky')}\n  max-tries=1\n  http-user=u\n  http-passwd=p\n"
+    )
+    session = tmp_path / "session.txt"
+    out = tmp_path / "out"
+
+    code, err = await run_cli(str(url_list), "-d", str(out), "--save-session", str(session), "-q")
+
+    assert code == 1, err
+    assert session.read_text() == (
+        f"{file_server.url('/missing')}\n  out=m.bin\n  referer=https://r.example/\n"
+        f"{file_server.url('/flaky')}\n  http-user=u\n  http-passwd=p\n  max-tries=1\n"
+    )
+    assert session.stat().st_mode & 0o077 == 0  # it may hold credentials
+    file_server.add("/missing", b"found")
+    flaky.statuses.clear()
+    before = len(file_server.requests_for("/ok"))
+
+    code, err = await run_cli(str(session), "-d", str(out), "--save-session", str(session), "-q")
+
+    assert code == 0, err
+    assert (out / "m.bin").read_bytes() == b"found"
+    assert (out / "flaky").read_bytes() == b"flaky"
+    assert len(file_server.requests_for("/ok")) == before
+    assert file_server.requests_for("/missing")[-1].headers["Referer"] == "https://r.example/"
+    assert session.read_text() == ""
+
+
+async def test_save_session_after_ctrl_c_lists_what_did_not_finish(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    body = bytes(range(256)) * 400
+    fault_server.route("/first", body=b"first")
+    stalled = fault_server.route("/stalled", body=body, stall_after=1000)
+    fault_server.route("/later", body=b"later")
+    fault_server.route("/last", body=b"last")
+    url_list = tmp_path / "in.txt"
+    url_list.write_text(
+        f"{fault_server.url('/first')}\n"
+        f"{fault_server.url('/stalled')}\n  out=s.bin\n  user-agent=UA/1\n"
+        f"{fault_server.url('/later')}\n"
+        f"{fault_server.url('/last')}\n  split=2\n"
+    )
+    session = tmp_path / "session.txt"
+    out = tmp_path / "out"
+
+    proc = await start_cli(str(url_list), "-d", str(out), "-j", "1", "--save-session", str(session), "-q")
+    await fault_server.wait_for_requests(1, "/stalled")
+    proc.send_signal(signal.SIGINT)
+    code, err = await finish(proc)
+
+    assert code == 130, err
+    assert session.read_text() == (
+        f"{fault_server.url('/stalled')}\n  out=s.bin\n  user-agent=UA/1\n"
+        f"{fault_server.url('/later')}\n"
+        f"{fault_server.url('/last')}\n  split=2\n"
+    )
+    stalled.stall_after = None
+
+    code, err = await run_cli(str(session), "-d", str(out), "--save-session", str(session), "-q")
+
+    assert code == 0, err
+    assert (out / "s.bin").read_bytes() == body
+    assert fault_server.requests_for("/stalled")[-1].header("Range") == "bytes=1000-"
+    assert len(fault_server.requests_for("/first")) == 1
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "first", "last", "later", "s.bin"
+    ]  # fmt: skip
+    assert session.read_text() == ""
