@@ -42,7 +42,7 @@ from ._files import (
     storage_error,
 )
 from ._http import Body, CookieSource, HopOptions, Validator, basic_authorization, open_body
-from ._models import BadEntry, Request, Result, Status
+from ._models import BadEntry, Request, Result, Status, has_options
 from ._naming import (
     NameRegistry,
     name_from_content_disposition,
@@ -122,25 +122,11 @@ def plain_name(request: Request, dest: Path, registry: NameRegistry) -> str | No
         or request.dir is not None
         or request.checksum is not None
         or request.headers
-        or not is_plain_options(request)
+        or has_options(request)
     ):
         return None
     name = plain_url_name(request.url)  # None: not a plain URL
     return None if name is None else registry.claim(dest, name)
-
-
-def is_plain_options(request: Request) -> bool:
-    """Whether ``request`` has none of the per-download options (connections ... max_tries)."""
-    return (
-        request.connections is None
-        and request.user_agent is None
-        and request.referer is None
-        and request.auth is None
-        and request.limit_rate is None
-        and request.overwrite is None
-        and request.max_tries is None
-        and request.lowest_speed_limit is None
-    )
 
 
 def plan_download(item: Request | BadEntry, dest: Path, registry: NameRegistry) -> Plan:

@@ -143,17 +143,26 @@ class Request:
         values["checksum"] = checksum
         values["headers"] = headers
         values["source"] = source
-        values["connections"] = _at_least("connections", connections, 1)
-        values["user_agent"] = user_agent
-        values["referer"] = referer
+        # The per-download options are stored only when given: a field not in the instance dict
+        # reads as its default, the class attribute the dataclass made (eq, hash, repr, replace and
+        # pickle all read attributes), and most requests have none of them.
+        if connections is not None:
+            values["connections"] = _at_least("connections", connections, 1)
+        if user_agent is not None:
+            values["user_agent"] = user_agent
+        if referer is not None:
+            values["referer"] = referer
         if auth is not None:
             user, password = auth
-            auth = (str(user), str(password))
-        values["auth"] = auth
-        values["limit_rate"] = _rate("limit_rate", limit_rate)
-        values["overwrite"] = overwrite
-        values["max_tries"] = _at_least("max_tries", max_tries, 0)
-        values["lowest_speed_limit"] = _rate("lowest_speed_limit", lowest_speed_limit)
+            values["auth"] = (str(user), str(password))
+        if limit_rate is not None:
+            values["limit_rate"] = _rate("limit_rate", limit_rate)
+        if overwrite is not None:
+            values["overwrite"] = overwrite
+        if max_tries is not None:
+            values["max_tries"] = _at_least("max_tries", max_tries, 0)
+        if lowest_speed_limit is not None:
+            values["lowest_speed_limit"] = _rate("lowest_speed_limit", lowest_speed_limit)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -181,27 +190,29 @@ def plain_request(url: str, source: str | None) -> Request:
     values["checksum"] = None
     values["headers"] = ()
     values["source"] = source
-    values["connections"] = None
-    values["user_agent"] = None
-    values["referer"] = None
-    values["auth"] = None
-    values["limit_rate"] = None
-    values["overwrite"] = None
-    values["max_tries"] = None
-    values["lowest_speed_limit"] = None
-    return request
+    return request  # the per-download options read as their defaults (see Request.__init__)
 
 
-def _at_least(name: str, value: int | None, minimum: int) -> int | None:
-    if value is not None and (value.__class__ is not int or value < minimum):
+# The fields every Request stores (url ... source); the per-download options come after them.
+_STORED_ALWAYS = 7
+
+
+def has_options(request: Request) -> bool:
+    """Whether ``request`` has any per-download option (connections ... lowest_speed_limit).
+
+    One length check: the options are stored only when given (see Request.__init__).
+    """
+    return len(request.__dict__) > _STORED_ALWAYS
+
+
+def _at_least(name: str, value: int, minimum: int) -> int:
+    if value.__class__ is not int or value < minimum:
         raise UsageError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
     return value
 
 
-def _rate(name: str, value: int | str | None) -> int | None:
-    """Bytes per second from an int or a text such as ``500K`` (None stays None)."""
-    if value is None:
-        return None
+def _rate(name: str, value: int | str) -> int:
+    """Bytes per second from an int or a text such as ``500K``."""
     if isinstance(value, str):
         return parse_rate(value)
     if value.__class__ is not int or value <= 0:

@@ -13,6 +13,7 @@ written: they would only fail again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ._exceptions import UsageError
 from ._models import BadEntry, Request, Result, Status
+from ._naming import name_from_url
 from ._urllist import format_request
 
 __all__ = ["Session"]
@@ -59,8 +61,19 @@ class Session:
 
     def finished(self, result: Result) -> None:
         """A result arrived: a download that ended ok or skipped is done with."""
-        if result.request is not None and result.status is not Status.FAILED:
-            self._open.pop(id(result.request), None)
+        request = result.request
+        if request is None:
+            return
+        if result.status is not Status.FAILED:
+            self._open.pop(id(request), None)
+        elif request.out is None and result.path is not None:
+            # A name this run gave it beside a namesake (name.1.ext; or the server's name) is
+            # kept: a re-run must not take the namesake for this download and skip it. (For
+            # name.1.ext the temporary file, named after the planned name, is resumed too.)
+            name = os.path.basename(result.path)
+            entry = self._open.get(id(request))
+            if entry is not None and name != name_from_url(request.url):
+                self._open[id(request)] = (entry[0], dataclasses.replace(request, out=name))
 
     def write(self, rest: Iterable[Request | BadEntry] = ()) -> None:
         """Write the file (atomically, readable by the user alone: it may hold credentials):

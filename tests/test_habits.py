@@ -322,3 +322,25 @@ async def test_save_session_after_ctrl_c_lists_what_did_not_finish(
         "first", "last", "later", "s.bin"
     ]  # fmt: skip
     assert session.read_text() == ""
+
+
+async def test_save_session_keeps_the_name_a_failed_download_got_beside_a_namesake(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    file_server.add("/x/file", b"first")
+    second = file_server.add("/y/file", b"second", statuses=[404])
+    session = tmp_path / "session.txt"
+    out = tmp_path / "out"
+
+    code, _ = await run_cli(
+        file_server.url("/x/file"), file_server.url("/y/file"), "-d", str(out), "--save-session", str(session)
+    )
+
+    assert code == 1
+    assert session.read_text() == f"{file_server.url('/y/file')}\n  out=file.1\n"
+    second.statuses.clear()
+    code, err = await run_cli(str(session), "-d", str(out), "--save-session", str(session), "-q")
+    assert code == 0, err
+    assert (out / "file").read_bytes() == b"first"
+    assert (out / "file.1").read_bytes() == b"second"
+    assert session.read_text() == ""

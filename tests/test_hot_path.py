@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncdl._download import plain_name, plan_download
-from asyncdl._models import Checksum, Request, Result, Status, plain_request
+from asyncdl._models import Checksum, Request, Result, Status, has_options, plain_request
 from asyncdl._naming import NameRegistry, _KeySet, name_from_url, plain_url_name
 from asyncdl._progress import Progress
 from asyncdl._report import ReportWriter
@@ -222,7 +222,17 @@ def test_plain_request_is_the_request_of_a_url() -> None:
     made = plain_request("http://h/a", "list:3")
     assert type(made) is Request
     assert vars(made) == vars(Request("http://h/a", source="list:3"))
-    assert list(vars(made)) == [f.name for f in dataclasses.fields(Request)]
+    # The per-download options (after source) are stored only when given: they read as defaults.
+    stored = [f.name for f in dataclasses.fields(Request)]
+    assert list(vars(made)) == stored[: stored.index("source") + 1]
+    assert all(getattr(made, name) is None for name in stored[stored.index("source") + 1 :])
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert dataclasses.replace(made, connections=2).connections == 2
+    assert not has_options(made)
+    assert not has_options(Request("http://h/a", out="x", connections=None))
+    assert not has_options(dataclasses.replace(Request("http://h/a"), out="y"))
+    for option, value in zip(stored[stored.index("source") + 1 :], KEPT_VALUES[Request][7:], strict=True):
+        assert has_options(Request("http://h/a", **{option: value})), option
     assert repr(made) == repr(Request("http://h/a", source="list:3"))
 
 
