@@ -281,8 +281,9 @@ async def test_save_session_lists_the_failures_and_a_rerun_retries_exactly_those
     assert session.read_text() == ""
 
 
-async def test_save_session_after_ctrl_c_lists_what_did_not_finish(
-    fault_server: FaultServer, tmp_path: Path
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_save_session_after_ctrl_c_or_sigterm_lists_what_did_not_finish(
+    fault_server: FaultServer, tmp_path: Path, signum: signal.Signals, status: int
 ) -> None:
     body = bytes(range(256)) * 400
     fault_server.route("/first", body=b"first")
@@ -301,10 +302,10 @@ async def test_save_session_after_ctrl_c_lists_what_did_not_finish(
 
     proc = await start_cli(str(url_list), "-d", str(out), "-j", "1", "--save-session", str(session), "-q")
     await fault_server.wait_for_requests(1, "/stalled")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     code, err = await finish(proc)
 
-    assert code == 130, err
+    assert code == status, err
     assert session.read_text() == (
         f"{fault_server.url('/stalled')}\n  out=s.bin\n  user-agent=UA/1\n"
         f"{fault_server.url('/later')}\n"
@@ -344,3 +345,46 @@ async def test_save_session_keeps_the_name_a_failed_download_got_beside_a_namesa
     assert (out / "file").read_bytes() == b"first"
     assert (out / "file.1").read_bytes() == b"second"
     assert session.read_text() == ""
+
+
+async def test_worker_processes_take_cookies_certificates_and_the_session(
+    self_signed: ssl.SSLContext,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Cookie"), request.headers.get("User-Agent")))
+        if request.path == "/gone":
+            return web.Response(status=404)
+        return web.Response(body=request.path.encode())
+
+    cookies = cookie_file(tmp_path / "c.txt", ("127.0.0.1", "FALSE", "/", "TRUE", "0", "s", "1"))
+    session = tmp_path / "session.txt"
+    async with tls_server(self_signed, handler) as origin:
+        code, err = await run_cli(
+            f"{origin}/a", f"{origin}/b", f"{origin}/gone", "-d", str(tmp_path / "out"), "-q",
+            "--processes", "2", "--shard-size", "1", "--load-cookies", str(cookies),
+            "--ca-certificate", str(tmp_path / "cert.pem"), "-U", "UA/3", "--save-session", str(session),
+        )  # fmt: skip
+    assert code == 1, err
+    assert sorted(seen) == [("/a", "s=1", "UA/3"), ("/b", "s=1", "UA/3"), ("/gone", "s=1", "UA/3")]
+    assert session.read_text() == f"{origin}/gone\n"
+
+
+async def test_the_library_takes_a_ca_certificate_and_verify_false(
+    self_signed: ssl.SSLContext,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=b"tls")
+
+    async with tls_server(self_signed, handler) as origin:
+        (trusted,) = await download_many(
+            [f"{origin}/a"], tmp_path / "1", ca_certificate=tmp_path / "cert.pem"
+        )
+        (unchecked,) = await download_many([f"{origin}/b"], tmp_path / "2", verify=False)
+        (refused,) = await download_many([f"{origin}/c"], tmp_path / "3")
+    assert (trusted.status, unchecked.status, refused.status) == (Status.OK, Status.OK, Status.FAILED)
+    with pytest.raises(UsageError, match="no usable PEM CA certificate"):
+        Downloader(tmp_path, ca_certificate=tmp_path / "key.pem")

@@ -69,6 +69,36 @@ async def test_limit_rate_is_split_between_workers(file_server: FileServer, tmp_
     assert cluster.worker_config.limit_rate == 512 * 1024  # the run's cap, shared evenly
 
 
+async def test_the_options_of_a_run_and_of_each_request_reach_the_workers(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    fault_server.route("/a", body=b"a")
+    fault_server.route("/b", body=b"b")
+    fault_server.route("/gone", statuses=[503], retry_after=0)
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tc\t1\n")
+    requests = [
+        Request(fault_server.url("/a"), referer="https://r.example/", auth=("u", "p")),
+        Request(fault_server.url("/b"), user_agent="UA/2"),
+        Request(fault_server.url("/gone"), max_tries=2),
+    ]
+    async with Downloader(
+        tmp_path / "out", ray="auto", workers=2, shard_size=1, user_agent="UA/1", cookies=cookies
+    ) as dl:
+        results = [r async for r in dl.stream(requests)]
+    assert sorted(r.status.value for r in results) == ["failed", "ok", "ok"]
+    (a,) = fault_server.requests_for("/a")
+    assert (a.header("User-Agent"), a.header("Referer"), a.header("Cookie")) == (
+        "UA/1",
+        "https://r.example/",
+        "c=1",
+    )
+    assert a.header("Authorization") == "Basic dTpw"
+    (b,) = fault_server.requests_for("/b")
+    assert (b.header("User-Agent"), b.header("Cookie")) == ("UA/2", "c=1")
+    assert len(fault_server.requests_for("/gone")) == 2
+
+
 async def run_cli(*args: str, prelude: str = "") -> tuple[int, str, str]:
     code = f"import sys\n{prelude}\nfrom asyncdl._cli import main\nraise SystemExit(main(sys.argv[1:]))"
     proc = await asyncio.create_subprocess_exec(
