@@ -1,6 +1,6 @@
 """The command line: argv -> options -> sources -> Downloader -> display, report, exit code.
 
-With _cli_upload and _cli_common, the only modules that print or exit; they never import aiohttp or
+With _cli_upload, _cli_demo and _cli_common, the only modules that print or exit; they never import aiohttp or
 aiofiles.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from ._cli_common import (
     add_header_option,
     add_output_options,
     make_renderer,
+    output_dir,
     positive_int,
     present,
     rate,
@@ -298,13 +298,7 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
     if not specs:
         raise UsageError("no SOURCE given: a URL list file, '-' or a URL (or -i FILE)")
     sources = _open_sources(specs, stdin)
-    dest = Path(args.dir)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
-    except OSError as exc:
-        raise UsageError(f"cannot create output directory {dest}: {exc.strerror or exc}") from exc
-    if not os.access(dest, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to output directory {dest}: permission denied")
+    dest = output_dir(args.dir)
     progress = Progress()
     # Made before the display starts: a usage error (--ray without Ray) is then one line, no summary.
     downloader = Downloader(
@@ -428,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             status: int = upload_main(argv[1:], run=run_main, stderr=stderr)
             return status
+        if argv[:1] == ["demo"]:
+            from ._cli_demo import demo_main
+
+            return demo_main(argv[1:], run=run_main, stderr=stderr)
         args = download_parser().parse_args(argv)
         return run_main(lambda: _download(args, sys.stdin, stderr))
     except UsageError as exc:

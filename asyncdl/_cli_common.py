@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from ._exceptions import UsageError
@@ -140,6 +141,18 @@ def add_output_options(options: OptionGroup, *, what: str) -> None:
         "-q", "--quiet", action="store_true", help="no progress display; errors and the summary still shown"
     )
     options.add_argument("--report", metavar="FILE", help=f"write a JSON Lines report, one object {what}")
+
+
+def output_dir(name: str) -> Path:
+    """The output directory, made now if missing: UsageError when it cannot be made or written to."""
+    dest = Path(name)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {dest}: {exc.strerror or exc}") from exc
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to output directory {dest}: permission denied")
+    return dest
 
 
 def make_renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:

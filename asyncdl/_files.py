@@ -517,7 +517,11 @@ class TempFile:
         if self._offset == 0:
             # Truncate first, then describe: a crash between the two leaves an empty file (never
             # resumed), not the bytes of an earlier version under the metadata of this one.
-            self._file = await aiofiles.open(self.path, "wb")
+            try:
+                self._file = await aiofiles.open(self.path, "wb")
+            except FileNotFoundError:  # the first file of a dir= that is not there yet
+                await _a_makedirs(self.path.parent, exist_ok=True)
+                self._file = await aiofiles.open(self.path, "wb")
             await self._save_meta()
         else:
             self._file = await aiofiles.open(self.path, "r+b")

@@ -98,6 +98,17 @@ async def test_out_dir_and_content_disposition_name_the_file(file_server: FileSe
     assert (tmp_path / "index.html").read_bytes() == b"<html>"
 
 
+async def test_a_large_body_goes_into_a_dir_that_does_not_exist_yet(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    # Over the size kept in memory: written as it arrives (spliced over plain HTTP), not at commit.
+    body = os.urandom(3 * 1024 * 1024 + 5)
+    file_server.add("/big.bin", body)
+    (result,) = await download_many([Request(file_server.url("/big.bin"), dir="new/deeper")], tmp_path)
+    assert result.status is Status.OK, result.error
+    assert (tmp_path / "new" / "deeper" / "big.bin").read_bytes() == body
+
+
 @pytest.mark.parametrize(
     ("path", "disposition"),
     [
