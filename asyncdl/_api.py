@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -11,19 +10,20 @@ from pathlib import Path
 from types import TracebackType
 
 from ._cookies import Cookies
-from ._download import Engine, Plan, Settings
+from ._download import Engine, Job, Settings, host_rules
 from ._exceptions import UsageError
 from ._files import ensure_dir
+from ._hosts import Scheduler
 from ._http import make_session, read_ca_certificates
 from ._models import BadEntry, Checksum, Request, Result
-from ._pool import bounded_map
+from ._pool import Pool
 from ._procs import DEFAULT_SHARD_SIZE as DEFAULT_LOCAL_SHARD_SIZE
 from ._procs import ProcessCluster
 from ._progress import Progress
-from ._ratelimit import RateLimiter, parse_rate
+from ._ratelimit import RateLimiter, parse_rate, parse_size
 from ._ray import RayCluster
 from ._report import ReportWriter
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, parse_statuses
 from ._shards import DEFAULT_SHARD_SIZE, ShardCluster, WorkerConfig
 
 RequestLike = str | Request
@@ -63,6 +63,13 @@ class Downloader:
     --load-cookies: each cookie only where its domain, path, secure flag and expiry allow). TLS:
     ``ca_certificate`` (a PEM file: verify servers against these CAs alone, as --ca-certificate),
     ``verify=False`` (no verification at all, as --no-check-certificate).
+    Many hosts: ``max_per_host`` caps the downloads at once to one origin (default: only ``jobs``);
+    ``lowest_speed_limit`` (bytes/s or ``"1K"``) cuts an attempt slower than that over ``timeout``
+    seconds and retries it from the bytes on disk (or hands it to the next mirror);
+    ``max_filesize`` (bytes or ``"500M"``) fails a larger file at once; ``retry_on`` (``"403,520-524"``
+    or statuses) adds statuses to retry. A download waiting for its next attempt holds no slot, and
+    an origin that rate-limits, refuses or stalls is held back as a whole (see ``_hosts``).
+    ``jobs`` may be changed while downloads run (``dl.jobs = 4``).
 
     Scale-out: ``ray="local"`` (start Ray here), ``"auto"`` (the running cluster) or
     ``"ray://HOST:PORT"`` runs the downloads on ``workers`` Ray actors (default: one per node),
@@ -99,6 +106,10 @@ class Downloader:
         cookies: str | os.PathLike[str] | Cookies | None = None,
         ca_certificate: str | os.PathLike[str] | None = None,
         verify: bool = True,
+        max_per_host: int | None = None,
+        lowest_speed_limit: int | str | None = None,
+        max_filesize: int | str | None = None,
+        retry_on: str | Iterable[int] | None = None,
     ) -> None:
         if jobs < 1:
             raise UsageError("jobs must be at least 1")
@@ -108,14 +119,30 @@ class Downloader:
             raise UsageError("retries must be 0 or more")
         if timeout is not None and timeout <= 0:
             raise UsageError("timeout must be positive")
+        if max_per_host is not None and max_per_host < 1:
+            raise UsageError("max_per_host must be at least 1")
         self.dest = Path(dest)
-        self.jobs = jobs
+        self._jobs = jobs
         self.connections = connections
         self.timeout = timeout
         rate = parse_rate(limit_rate) if isinstance(limit_rate, str) else limit_rate
+        floor = (
+            parse_rate(lowest_speed_limit, what="speed limit")
+            if isinstance(lowest_speed_limit, str)
+            else lowest_speed_limit
+        )
+        size_cap = parse_size(max_filesize) if isinstance(max_filesize, str) else max_filesize
+        if floor is not None and floor <= 0:
+            raise UsageError("lowest_speed_limit must be positive")
+        if size_cap is not None and size_cap <= 0:
+            raise UsageError("max_filesize must be positive")
+        policy = retry_policy or RetryPolicy(retries=retries)
+        if retry_on is not None:
+            extra = parse_statuses(retry_on) if isinstance(retry_on, str) else frozenset(retry_on)
+            policy = dataclasses.replace(policy, retry_on=policy.retry_on | extra)
         self.settings = Settings(
             dest=self.dest,
-            retry=retry_policy or RetryPolicy(retries=retries),
+            retry=policy,
             overwrite=overwrite,
             headers=_header_pairs(headers),
             connections=connections,
@@ -124,11 +151,15 @@ class Downloader:
             cookies=cookies if isinstance(cookies, Cookies) or cookies is None else Cookies.load(cookies),
             ca_certificates=None if ca_certificate is None else read_ca_certificates(ca_certificate),
             verify=verify,
+            max_per_host=max_per_host,
+            lowest_speed_bps=floor,
+            speed_window_s=timeout if timeout is not None else DEFAULT_TIMEOUT_S,
+            max_filesize=size_cap,
         )
         self.progress = progress or Progress()
         self._limiter = RateLimiter(rate) if rate else None
         self._engine: Engine | None = None
-        self._slots = asyncio.Semaphore(jobs)
+        self._pool: Pool[Result] | None = None
         self._report_path = report
         self._report: ReportWriter | None = None
         self._cluster: ShardCluster | None = None
@@ -163,6 +194,19 @@ class Downloader:
             )
         elif shard_size is not None:
             raise UsageError("shard_size needs ray or processes (--ray, --processes)")
+
+    @property
+    def jobs(self) -> int:
+        """Downloads at once (-j); may be changed while downloads run (not on workers)."""
+        return self._jobs
+
+    @jobs.setter
+    def jobs(self, value: int) -> None:
+        if value < 1:
+            raise UsageError("jobs must be at least 1")
+        self._jobs = value
+        if self._pool is not None:
+            self._pool.jobs = value
 
     async def __aenter__(self) -> Downloader:
         await self.open()
@@ -199,12 +243,16 @@ class Downloader:
             verify=self.settings.verify,
         )
         self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
+        self._pool = Pool(Scheduler(jobs=self.jobs, rules=host_rules(self.settings)))
 
     async def aclose(self) -> None:
         """Close the connection pool. Safe to call twice."""
         engine, self._engine = self._engine, None
+        pool, self._pool = self._pool, None
         report, self._report = self._report, None
         try:
+            if pool is not None:
+                await pool.aclose()
             if engine is not None:
                 await engine.session.close()
         finally:
@@ -213,10 +261,10 @@ class Downloader:
             if self._cluster is not None:
                 await self._cluster.aclose()
 
-    def _require_engine(self) -> Engine:
-        if self._engine is None:
+    def _require_engine(self) -> tuple[Engine, Pool[Result]]:
+        if self._engine is None or self._pool is None:
             raise RuntimeError("use 'async with Downloader(...)' (or await open()) before downloading")
-        return self._engine
+        return self._engine, self._pool
 
     async def download(
         self,
@@ -246,36 +294,33 @@ class Downloader:
                 async for result in results:
                     return self._record(result)
             raise AssertionError("a run of one request on workers gave no result")
-        engine = self._require_engine()
-        return self._record(await self._run_plan(engine.plan(request)))
-
-    async def _run_plan(self, plan: Plan) -> Result:
-        """Run one planned download within the ``jobs`` limit."""
-        engine = self._require_engine()
-        async with self._slots:
-            return await engine.run(plan)
+        engine, pool = self._require_engine()
+        # Planned now (its name decided in call order), queued behind the downloads waiting already.
+        submission = pool.submit(engine.job(engine.plan(request)))
+        return self._record(await submission.result())
 
     async def stream(
         self, requests: Iterable[RequestLike | BadEntry] | AsyncIterable[RequestLike | BadEntry]
     ) -> AsyncGenerator[Result, None]:
         """Download every item with ``jobs`` at once; yield results as they finish.
 
-        The input is read lazily, one item per free worker, so a list of millions needs no more
-        memory than a list of ten. On Ray or worker processes, results come back a shard at a time.
+        The input is read lazily: an item when a slot is free, and further ahead (through a bounded
+        window) only when the items already read belong to origins that cannot take more now, so a
+        list of millions needs no more memory than a list of ten. Several streams and single
+        downloads at once share the ``jobs`` slots. On Ray or worker processes, results come back a
+        shard at a time.
         """
         if self._cluster is not None:
             async with contextlib.aclosing(self._cluster.stream(requests)) as cluster_results:
                 async for result in cluster_results:
                     yield self._record(result)
             return
-        engine = self._require_engine()
+        engine, pool = self._require_engine()
 
-        def prepare(item: RequestLike | BadEntry) -> Plan:
-            return engine.plan(item if isinstance(item, BadEntry) else Request.coerce(item))
+        def prepare(item: RequestLike | BadEntry) -> Job:
+            return engine.job(engine.plan(item if isinstance(item, BadEntry) else Request.coerce(item)))
 
-        async with contextlib.aclosing(
-            bounded_map(requests, prepare, engine.run, workers=self.jobs)
-        ) as results:
+        async with contextlib.aclosing(pool.stream(requests, prepare)) as results:
             async for result in results:
                 yield self._record(result)
 

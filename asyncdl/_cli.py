@@ -31,6 +31,8 @@ from ._cli_common import (
     present,
     rate,
     run_main,
+    size,
+    statuses,
 )
 from ._exceptions import AsyncdlError, UsageError
 from ._models import BadEntry, Request, Result
@@ -148,6 +150,32 @@ def _output_options(group: OptionGroup) -> None:
 
 def _many_hosts_options(group: OptionGroup) -> None:
     """Limits and retries per origin: one slow or rate-limiting origin never stalls the others."""
+    group.add_argument(
+        "--max-per-host",
+        type=positive_int,
+        metavar="N",
+        help="at most N downloads at once to one origin (scheme, host, port); default: no cap but -j",
+    )
+    group.add_argument(
+        "--lowest-speed-limit",
+        type=rate,
+        metavar="RATE",
+        help="cut an attempt slower than RATE (500, 1K, 2M) over the last --timeout seconds and "
+        "retry it from the bytes on disk (or the next mirror); default: off",
+    )
+    group.add_argument(
+        "--max-filesize",
+        type=size,
+        metavar="SIZE",
+        help="fail a download larger than SIZE (500M, 2G) at once, declared or received; not retried; "
+        "default: no limit",
+    )
+    group.add_argument(
+        "--retry-on",
+        type=statuses,
+        metavar="CODES",
+        help="more HTTP statuses to retry, e.g. 403,520-524; default: none (the usual set stays)",
+    )
 
 
 def _scale_out_options(group: OptionGroup) -> None:
@@ -317,6 +345,10 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
         cookies=args.load_cookies,
         ca_certificate=args.ca_certificate,
         verify=not args.no_check_certificate,
+        max_per_host=args.max_per_host,
+        lowest_speed_limit=args.lowest_speed_limit,
+        max_filesize=args.max_filesize,
+        retry_on=args.retry_on,
         **_worker_options(args),
     )
     downloader.open_report()  # an unwritable report is a usage error before anything starts

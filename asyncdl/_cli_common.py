@@ -16,9 +16,18 @@ from typing import Any, NoReturn, TextIO
 
 from ._exceptions import UsageError
 from ._models import Result, Status
-from ._progress import PlainRenderer, Progress, QuietRenderer, Renderer, TerminalRenderer, summary_line
-from ._ratelimit import parse_rate
+from ._progress import (
+    PlainRenderer,
+    Progress,
+    QuietRenderer,
+    Renderer,
+    TerminalRenderer,
+    failures_line,
+    summary_line,
+)
+from ._ratelimit import parse_rate, parse_size
 from ._report import ReportWriter
+from ._retry import parse_statuses
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -97,6 +106,20 @@ def seconds(text: str) -> float:
 def rate(text: str) -> int:
     try:
         return parse_rate(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def statuses(text: str) -> frozenset[int]:
+    try:
+        return parse_statuses(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -190,7 +213,11 @@ async def present(
         renderer.close()
         if report is not None:
             report.close()
-        renderer.message(summary_line(progress.snapshot()))
+        snap = progress.snapshot()
+        grouped = failures_line(snap)
+        if grouped is not None:
+            renderer.message(grouped)
+        renderer.message(summary_line(snap))
     return EXIT_FAILED if failed else EXIT_OK
 
 

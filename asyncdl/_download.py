@@ -23,8 +23,11 @@ from ._exceptions import (
     ChecksumMismatch,
     ConnectError,
     DownloadError,
+    FileTooLarge,
     HTTPStatusError,
     IncompleteBody,
+    RetryableStatus,
+    SlowError,
     StorageError,
     TransientError,
 )
@@ -41,6 +44,7 @@ from ._files import (
     size_of,
     storage_error,
 )
+from ._hosts import PROVEN_BYTES, HostRules, Retry, Signal, signal_of
 from ._http import Body, CookieSource, HopOptions, Validator, basic_authorization, open_body
 from ._models import BadEntry, Request, Result, Status, has_options
 from ._naming import (
@@ -52,12 +56,12 @@ from ._naming import (
     sanitize_name,
     temp_name,
 )
-from ._progress import Progress
-from ._ratelimit import BothLimiters, RateLimiter
+from ._progress import Progress, format_bytes
+from ._ratelimit import BothLimiters, RateLimiter, SpeedFloor
 from ._retry import RetryPolicy
 from ._segments import PIECE_SIZE, FileChanged, PieceMap, SpliceInto, fetch_pieces, write_piece
 from ._splice import WriteFailed
-from ._urls import redact_text, redact_url, usable_url_problem
+from ._urls import origin_key, redact_text, redact_url, usable_url_problem
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class Settings:
     overwrite: bool = False
     headers: tuple[tuple[str, str], ...] = ()
     connections: int = 1  # -x: connections for one large file (segmented download)
+    max_per_host: int | None = None  # --max-per-host: downloads at once to one origin
+    lowest_speed_bps: int | None = None  # --lowest-speed-limit: cut an attempt slower than this
+    speed_window_s: float = 30.0  # ... over this many seconds (the stall timeout)
+    max_filesize: int | None = None  # --max-filesize: fail a larger file at once
     # Other processes write into dest during the run (the workers of a Ray run). Names known before
     # the request come from one registry (the driver's) and stay distinct as in a local run; a name
     # taken from Content-Disposition cannot be checked against the other workers' names, so:
@@ -86,6 +94,18 @@ class Settings:
 
     def overwrite_for(self, request: Request) -> bool:
         return self.overwrite if request.overwrite is None else request.overwrite
+
+
+def host_rules(settings: Settings) -> HostRules:
+    """The scheduler's per-origin rules for a downloader with ``settings``."""
+    policy = settings.retry
+    return HostRules(
+        max_per_host=settings.max_per_host,
+        backoff_base_s=policy.backoff_base_s,
+        backoff_max_s=policy.backoff_max_s,
+        # An origin is down after as many failed rounds as one download has attempts.
+        down_after=policy.retries + 1,
+    )
 
 
 @dataclass(slots=True)
@@ -190,9 +210,24 @@ class Engine:
         return await self.index.exists(directory, name)
 
     # --- running ---
+    def job(self, plan: Plan, *, recheck: bool = False) -> Job:
+        """A download that the pool runs one attempt at a time (see :class:`Job`)."""
+        return Job(self, plan, recheck)
+
     async def run(self, plan: Plan, *, recheck: bool = False) -> Result:
-        """Download ``plan``. ``recheck``: ask the disk, not the listing, what is there already
-        (another process may have worked on this very download during the run: a retried shard)."""
+        """Download ``plan`` to its end, waiting between attempts here (no scheduler: one download).
+
+        ``recheck``: ask the disk, not the listing, what is there already (another process may have
+        worked on this very download during the run: a retried shard)."""
+        job = self.job(plan, recheck=recheck)
+        while True:
+            outcome = await job.step()
+            if isinstance(outcome, Result):
+                return outcome
+            await self._sleep(outcome.delay_s)
+
+    async def _settled(self, plan: Plan, recheck: bool) -> Result | None:
+        """The Result of ``plan`` when no request is needed (a bad entry, a target already there)."""
         request = plan.request
         if plan.failure is not None or request is None:
             result = Result(
@@ -218,15 +253,7 @@ class Engine:
                 )
                 self.progress.finish(None, result)
                 return result
-        key = self.progress.start(redact_url(request.url), plan.name)
-        job = _Job(self, plan, key, recheck)
-        try:
-            result = await job.run()
-        except BaseException:
-            self.progress.drop(key)
-            raise
-        self.progress.finish(key, result)
-        return result
+        return None
 
     async def _complete_target(self, plan: Plan, recheck: bool) -> Path | None:
         """The target already on disk for ``plan`` (None: it must be downloaded)."""
@@ -255,6 +282,79 @@ def _hop_options(user_agent: str | None, referer: str | None, cookies: CookieSou
     return HopOptions(tuple(headers), cookies)
 
 
+def plan_origin(plan: Plan) -> str:
+    """The origin the first attempt of ``plan`` asks ("" for a bad entry: no request is made)."""
+    if plan.request is None or plan.failure is not None:
+        return ""
+    return origin_key(plan.request.url)
+
+
+class Job:
+    """A planned download as the scheduler runs it: each ``step()`` is one attempt.
+
+    The first step also settles what needs no request (a bad entry, a target already there). The
+    state between steps (attempts made, the mirror in use, the progress entry) lives here, so a
+    download waiting for its next attempt is data, not a task. ``origin`` is the origin of the next
+    attempt; ``signal`` and ``retry_after`` what the last step's attempt said about its origin.
+    """
+
+    __slots__ = ("_job", "engine", "origin", "plan", "recheck")
+
+    def __init__(self, engine: Engine, plan: Plan, recheck: bool = False) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.recheck = recheck
+        self.origin = plan_origin(plan)
+        self._job: _Job | None = None
+
+    @property
+    def signal(self) -> Signal | None:
+        return None if self._job is None else self._job.signal
+
+    @property
+    def retry_after(self) -> float | None:
+        return None if self._job is None else self._job.retry_after
+
+    @property
+    def attempts(self) -> int:
+        return 0 if self._job is None else self._job.attempts
+
+    async def step(self, down: str | None = None, proven: Callable[[], None] | None = None) -> Result | Retry:
+        """The next attempt (``down``: its origin is down, why; no request is made).
+
+        ``proven()`` is called once the attempt has brought PROVEN_BYTES: its origin answers well.
+        """
+        engine = self.engine
+        job = self._job
+        if job is None:
+            settled = await engine._settled(self.plan, self.recheck)
+            if settled is not None:
+                return settled
+            request = self.plan.request
+            assert request is not None
+            key = engine.progress.start(redact_url(request.url), self.plan.name)
+            job = self._job = _Job(engine, self.plan, key, self.recheck)
+        try:
+            job.on_proven = proven
+            outcome = await job.step(down)
+        except BaseException:
+            self.abandon()
+            raise
+        if isinstance(outcome, Result):
+            engine.progress.finish(job.key, outcome)
+        elif job.mirror:
+            self.origin = origin_key(job.url)
+        return outcome
+
+    def abandon(self) -> None:
+        """The download stops here (cancelled): forget its progress entry. Stepped again later, it
+        starts over as a new download (resuming from the bytes on disk): a pause and a resume."""
+        job, self._job = self._job, None
+        if job is not None:
+            self.engine.progress.drop(job.key)
+            self.origin = plan_origin(self.plan)
+
+
 class _OneStream(Exception):
     """Fetch this file in one stream: ranges work but cannot be used safely for pieces."""
 
@@ -274,6 +374,12 @@ class _Job:
         self.request: Request = plan.request
         self.key = key
         self.attempts = 0
+        self.mirror = 0  # which of request.urls the next attempt asks
+        self.tries = 0  # attempts at that URL
+        self.last_error: DownloadError | None = None
+        self.signal: Signal | None = None  # what the last step's attempt said about its origin
+        self.retry_after: float | None = None
+        self.on_proven: Callable[[], None] | None = None  # see Job.step
         self.received = 0
         self.target = plan.target
         self.renamed = False
@@ -299,6 +405,8 @@ class _Job:
         if request.limit_rate is not None:
             own = RateLimiter(request.limit_rate)
             self.limiter = own if engine.limiter is None else BothLimiters(own, engine.limiter)
+        # The speed floor of every attempt (the list's lowest-speed-limit= before --lowest-speed-limit).
+        self.speed_floor_bps = request.lowest_speed_limit or settings.lowest_speed_bps
         self._spliced_hash: Any = None  # the checksum's hash of a spliced body, taken as it was written
 
     def failed(self, error: str) -> Result:
@@ -312,37 +420,63 @@ class _Job:
             self.request,
         )
 
-    async def run(self) -> Result:
+    @property
+    def url(self) -> str:
+        """The URL the next attempt asks: the request's, or the mirror it was handed to."""
+        return self.request.urls[self.mirror]
+
+    async def step(self, down: str | None = None) -> Result | Retry:
+        """One attempt: the final Result, or a Retry (the state stays here for the next step).
+
+        ``down``: the origin of the next attempt is down (why); no request is made, the download
+        goes to its next mirror or fails. ``signal`` and ``retry_after`` then tell what the attempt
+        said about its origin (None: no request was made).
+        """
+        url = self.url
+        self.signal = None
+        self.retry_after = None
+        if down is not None:
+            return self._next_mirror(DownloadError(f"not tried: {down}", url=url))
         policy = self.policy
-        last_error: DownloadError | None = None
-        for url in self.request.urls:
-            tries = 0
-            while True:
-                tries += 1
-                self.attempts += 1
-                try:
-                    return await self._attempt(url)
-                except _Skip:
-                    return Result(
-                        redact_url(self.request.url),
-                        str(self.target),
-                        Status.SKIPPED,
-                        await size_of(self.target) or 0,
-                        self.attempts,
-                        None,
-                        self.request,
-                    )
-                except StorageError as exc:
-                    return self.failed(str(exc))  # disk trouble: no mirror or retry will help
-                except DownloadError as exc:
-                    last_error = exc
-                    delay = policy.delay(tries, exc, random=self.engine._rng)
-                    if delay is None:
-                        break  # next mirror, if any
-                    await self.engine._sleep(delay)
-        assert last_error is not None
-        prefix = f"{redact_url(last_error.url)}: " if last_error.url and len(self.request.urls) > 1 else ""
-        return self.failed(prefix + str(last_error))
+        self.tries += 1
+        self.attempts += 1
+        try:
+            result = await self._attempt(url)
+        except _Skip:
+            return Result(
+                redact_url(self.request.url),
+                str(self.target),
+                Status.SKIPPED,
+                await size_of(self.target) or 0,
+                self.attempts,
+                None,
+                self.request,
+            )
+        except StorageError as exc:
+            self.signal = Signal.ANSWERED
+            return self.failed(str(exc))  # disk trouble: no mirror or retry will help
+        except DownloadError as exc:
+            delay = policy.delay(self.tries, exc, random=self.engine._rng)
+            self.signal = signal_of(exc, retried=delay is not None)
+            if isinstance(exc, RetryableStatus):
+                self.retry_after = exc.retry_after
+            slow_mirror = isinstance(exc, SlowError) and self.mirror + 1 < len(self.request.urls)
+            if delay is not None and not slow_mirror:
+                return Retry(delay, exc)
+            return self._next_mirror(exc)  # a slow mirror hands over at once
+        self.signal = Signal.OK
+        return result
+
+    def _next_mirror(self, error: DownloadError) -> Result | Retry:
+        """Hand over to the next mirror (a Retry without delay), or fail with ``error``."""
+        self.last_error = error
+        if self.mirror + 1 < len(self.request.urls):
+            self.mirror += 1
+            self.tries = 0
+            return Retry(0.0, error)
+        last = self.last_error
+        prefix = f"{redact_url(last.url)}: " if last.url and len(self.request.urls) > 1 else ""
+        return self.failed(prefix + str(last))
 
     async def _resume_point(self) -> tuple[PartialState | None, int, Validator | None, PieceMap | None]:
         """What is on disk: (state, offset to resume at, validator, the pieces of a segmented file)."""
@@ -416,6 +550,7 @@ class _Job:
                         raise _OneStream()
                     return await self._receive(url, body, state, 0)  # the whole file is in this answer
                 await self._maybe_rename(body)
+                await self._check_size(total, url)
                 validator = body.validator
                 pieces = PieceMap(total)
                 meta = ResumeMeta(
@@ -494,6 +629,8 @@ class _Job:
             await self.limiter.take(n)
         self.engine.progress.advance(self.key, n)
         self.received += n
+        if self.on_proven is not None and self.received >= PROVEN_BYTES:
+            self._proven()
 
     async def _receive(self, url: str, body: Body, state: PartialState | None, offset: int) -> Result:
         if body.status == 416:
@@ -509,12 +646,16 @@ class _Job:
             start = 0  # 200: the whole body (If-Range failed, or ranges unsupported)
         await self._maybe_rename(body)
         total = body.total_size
+        await self._check_size(total, url)
         checksum = self.request.checksum
         limiter = self.limiter
+        settings = self.engine.settings
+        max_size = settings.max_filesize
+        floor = SpeedFloor(self.speed_floor_bps, settings.speed_window_s) if self.speed_floor_bps else None
         # A spliced body never passes through Python: its checksum is computed from the file, as it
         # grows (see _splice below) or, when the splice turns out impossible after all (the first
-        # bytes were taken already), at the end.
-        splice = limiter is None and body.splice_candidate
+        # bytes were taken already), at the end. A speed floor is watched chunk by chunk here.
+        splice = limiter is None and floor is None and body.splice_candidate
         hasher: Any = None
         if checksum is not None and not splice:
             hasher = (
@@ -530,11 +671,28 @@ class _Job:
         key = self.key
         if splice and await self._splice(body):
             return await self._finish(url, self._spliced_hash, temp.position)
+        got = 0
+        watch = floor is not None or self.on_proven is not None
         async for chunk in body.chunks():
             n = len(chunk)
+            if max_size is not None and temp.position + n > max_size:
+                await self._check_size(temp.position + n, url, received=True)
             if limiter is not None:
                 await limiter.take(n)
             await temp.write(chunk)
+            if watch:
+                got += n
+                if got >= PROVEN_BYTES:
+                    self._proven()
+                    watch = floor is not None
+            if floor is not None:
+                slow = floor.too_slow(got)
+                if slow is not None:
+                    raise SlowError(
+                        f"too slow: {format_bytes(slow)}/s over {floor.window_s:g} s, below the speed "
+                        f"floor of {format_bytes(floor.min_bps)}/s",
+                        url=url,
+                    )
             if hasher is not None:
                 hasher.update(chunk)
             progress.advance(key, n)
@@ -547,6 +705,25 @@ class _Job:
         if splice:
             hasher = await self._hash_file()
         return await self._finish(url, hasher, size)
+
+    def _proven(self) -> None:
+        """This attempt brought PROVEN_BYTES: tell the scheduler (once)."""
+        proven, self.on_proven = self.on_proven, None
+        if proven is not None:
+            proven()
+
+    async def _check_size(self, size: int | None, url: str, *, received: bool = False) -> None:
+        """Fail at once (temporary file removed, no retry) when ``size`` is over --max-filesize."""
+        limit = self.engine.settings.max_filesize
+        if limit is None or size is None or size <= limit:
+            return
+        await self.temp.discard()
+        how = "received" if received else "declared"
+        raise FileTooLarge(
+            f"file larger than the size limit of {format_bytes(limit)} (--max-filesize): {size} bytes {how}",
+            limit=limit,
+            url=url,
+        )
 
     async def _hash_file(self) -> Any:
         """The checksum's hash of the whole temporary file (None without a checksum)."""
@@ -577,6 +754,8 @@ class _Job:
             raise TransientError(f"cannot start a thread: {exc}", url=body.url) from exc
 
         def wrote(n: int) -> None:
+            if self.on_proven is not None and self.received >= PROVEN_BYTES:
+                self._proven()
             temp.wrote(n)
             progress.advance(key, n)
             self.received += n

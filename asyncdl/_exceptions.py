@@ -6,13 +6,15 @@
     ├── UsageError               bad option or unreadable list -> exit 2, one line, no traceback
     ├── DownloadError            .url; ends one download as failed
     │   ├── TransientError       retried, resuming from what is on disk
-    │   │   ├── ConnectError     connection refused / reset / DNS
+    │   │   ├── ConnectError     connection refused / reset / DNS (.connecting: no connection was made)
     │   │   ├── StallError       no byte for the stall timeout
+    │   │   ├── SlowError        below the speed floor (--lowest-speed-limit)
     │   │   ├── IncompleteBody   .received, .expected
     │   │   └── RetryableStatus  .status, .retry_after (seconds | None)
     │   ├── HTTPStatusError      .status; other non-2xx; never retried
     │   ├── RedirectError        loop, too many, or a scheme we do not follow
     │   ├── ChecksumMismatch     .algorithm, .expected, .actual
+    │   ├── FileTooLarge         .limit; over --max-filesize, never retried
     │   └── StorageError         disk full, permissions, rename
     └── UploadError              .status (None when no answer arrived)
 
@@ -44,11 +46,19 @@ class TransientError(DownloadError):
 
 
 class ConnectError(TransientError):
-    """The connection could not be made, or broke."""
+    """The connection could not be made (``connecting``: refused, unreachable, no such name), or broke."""
+
+    def __init__(self, message: str, *, url: str | None = None, connecting: bool = False) -> None:
+        super().__init__(message, url=url)
+        self.connecting = connecting
 
 
 class StallError(TransientError):
     """No byte arrived for the stall timeout."""
+
+
+class SlowError(TransientError):
+    """The body arrived more slowly than the speed floor (``--lowest-speed-limit``) for a whole window."""
 
 
 class IncompleteBody(TransientError):
@@ -93,6 +103,14 @@ class ChecksumMismatch(DownloadError):
         self.algorithm = algorithm
         self.expected = expected
         self.actual = actual
+
+
+class FileTooLarge(DownloadError):
+    """The file is larger than ``--max-filesize`` (declared, or as received)."""
+
+    def __init__(self, message: str, *, limit: int, url: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.limit = limit
 
 
 class StorageError(DownloadError):

@@ -235,7 +235,9 @@ def translate(exc: BaseException, url: str) -> DownloadError:
             f"TLS certificate of {exc.host}:{exc.port} not trusted: {_brief(exc.certificate_error)}", url=url
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConnectError(f"cannot connect to {exc.host}:{exc.port}: {_brief(exc.os_error)}", url=url)
+        return ConnectError(
+            f"cannot connect to {exc.host}:{exc.port}: {_brief(exc.os_error)}", url=url, connecting=True
+        )
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return ConnectError(f"connection error: {_brief(exc)}", url=url)
     return DownloadError(f"{type(exc).__name__}: {_brief(exc)}", url=url)

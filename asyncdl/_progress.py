@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from ._models import Result, Status
+from ._urls import origin_key
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -49,6 +51,8 @@ class Snapshot:
     failed: int
     active: tuple[ActiveDownload, ...] = field(default_factory=tuple)
     expected_files: int | None = None  # how many downloads the input holds, when known
+    # The failures by (reason, origin), most first: see failure_reason().
+    failures: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def finished(self) -> int:
@@ -85,6 +89,7 @@ class Progress:
         # Work done in other processes (the workers of a Ray run), mirrored by mirror().
         self._remote_bytes: dict[Hashable, int] = {}
         self._remote_active: dict[Hashable, tuple[ActiveDownload, ...]] = {}
+        self._failures: dict[tuple[str, str], int] = {}
 
     # --- updates (hot path: no awaits, no allocation beyond the entry) ---
     def start(self, url: str, name: str) -> int:
@@ -128,6 +133,8 @@ class Progress:
             self.skipped += 1
         else:
             self.failed += 1
+            group = (failure_reason(result.error or ""), origin_key(result.url))
+            self._failures[group] = self._failures.get(group, 0) + 1
         for listener in self._listeners:
             listener(result)
 
@@ -184,6 +191,10 @@ class Progress:
                 *(e for entries in self._remote_active.values() for e in entries),
             ),
             expected_files=self.expected_files,
+            failures=tuple(
+                (reason, where, n)
+                for (reason, where), n in sorted(self._failures.items(), key=lambda item: -item[1])
+            ),
         )
 
 
@@ -221,12 +232,62 @@ def overall_line(snap: Snapshot) -> str:
 
 
 def summary_line(snap: Snapshot) -> str:
-    """The one line printed at the end of every run."""
+    """The one line printed at the end of every run (after failures_line when several failed)."""
     return (
         f"{snap.ok} ok, {snap.skipped} skipped, {snap.failed} failed; "
         f"{format_bytes(snap.bytes_done)} in {snap.elapsed_s:.1f} s "
         f"({format_bytes(snap.average_rate_bps)}/s)"
     )
+
+
+SHOWN_FAILURE_GROUPS = 6
+
+
+def failures_line(snap: Snapshot) -> str | None:
+    """``12 failed: 9 x HTTP 429 from https://a.example, 3 x connection refused by http://b:8080``
+
+    (with a multiplication sign for the x): the failures grouped by reason and origin, most first;
+    None unless several downloads failed.
+    """
+    if snap.failed < 2 or not snap.failures:
+        return None
+    groups = snap.failures
+    parts = [
+        f"{n}{_TIMES}{reason}{_PREPOSITION.get(reason, ' from')} {where}" if where else f"{n}{_TIMES}{reason}"
+        for reason, where, n in groups[:SHOWN_FAILURE_GROUPS]
+    ]
+    rest = sum(n for _, _, n in groups[SHOWN_FAILURE_GROUPS:])
+    if rest:
+        parts.append(f"{rest}{_TIMES}other reasons")
+    return f"{snap.failed} failed: " + ", ".join(parts)
+
+
+# (pattern in the error text, reason): the first that matches names the failure's group.
+_REASONS = (
+    (re.compile(r"\bHTTP (\d{3})\b"), "HTTP {0}"),
+    (re.compile(r"refused|Errno 111\b", re.IGNORECASE), "connection refused"),
+    (re.compile(r"not known|resolution|nodename|getaddrinfo|No address", re.IGNORECASE), "name not resolved"),
+    (re.compile(r"\bstalled\b"), "stalled"),
+    (re.compile(r"\btoo slow\b"), "too slow"),
+    (re.compile(r"--max-filesize"), "over --max-filesize"),
+    (re.compile(r"mismatch"), "checksum mismatch"),
+    (re.compile(r"body cut short"), "body cut short"),
+    (re.compile(r"redirect", re.IGNORECASE), "redirect"),
+    (re.compile(r"certificate", re.IGNORECASE), "TLS certificate"),
+    (re.compile(r"cannot connect|connection", re.IGNORECASE), "connection failed"),
+    (re.compile(r"not an http|not a valid URL|has no host|white space"), "not a usable URL"),
+)
+_PREPOSITION = {"connection refused": " by", "name not resolved": " for"}
+_TIMES = " \u00d7 "
+
+
+def failure_reason(error: str) -> str:
+    """A short reason for a failed download's error text, to group failures by (``HTTP 429``)."""
+    for pattern, reason in _REASONS:
+        match = pattern.search(error)
+        if match:
+            return reason.format(*match.groups())
+    return error.splitlines()[0][:60] if error else "failed"
 
 
 def active_line(entry: ActiveDownload, width: int = 40) -> str:

@@ -1,4 +1,5 @@
-"""A token bucket shared by every download, for --limit-rate."""
+"""Rates and sizes: the token bucket shared by every download (--limit-rate), the speed floor of one
+attempt (--lowest-speed-limit), and parsing ``500K`` / ``10M`` / ``2G``."""
 
 from __future__ import annotations
 
@@ -12,15 +13,51 @@ from ._exceptions import UsageError
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-def parse_rate(text: str) -> int:
+def parse_rate(text: str, *, what: str = "rate") -> int:
     """Bytes per second from ``500K``, ``10M``, ``1G`` (powers of 1024), or a plain number."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?\s*", text, re.IGNORECASE)
     if not match:
-        raise UsageError(f"invalid rate {text!r}: use a number with an optional K, M or G suffix")
+        raise UsageError(f"invalid {what} {text!r}: use a number with an optional K, M or G suffix")
     rate = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
     if rate <= 0:
-        raise UsageError(f"rate must be positive, not {text!r}")
+        raise UsageError(f"{what} must be positive, not {text!r}")
     return rate
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``500M``, ``2G`` (powers of 1024), or a plain number."""
+    return parse_rate(text, what="size")
+
+
+class SpeedFloor:
+    """Whether one transfer's rate over a window of ``window_s`` seconds stayed below ``min_bps``.
+
+    Windows follow each other from the start of the transfer; each is judged when the first bytes
+    after its end arrive (bytes that do not arrive at all are the stall timeout's business).
+    """
+
+    __slots__ = ("_bytes", "_clock", "_start", "min_bps", "window_s")
+
+    def __init__(
+        self, min_bps: float, window_s: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.min_bps = min_bps
+        self.window_s = window_s
+        self._clock = clock
+        self._start = clock()
+        self._bytes = 0
+
+    def too_slow(self, received: int) -> float | None:
+        """The rate of a window that ended below the floor, else None (``received``: bytes so far)."""
+        now = self._clock()
+        elapsed = now - self._start
+        if elapsed < self.window_s:
+            return None
+        rate = (received - self._bytes) / elapsed
+        if rate < self.min_bps:
+            return rate
+        self._start, self._bytes = now, received
+        return None
 
 
 class RateLimiter:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 
-from ._exceptions import RetryableStatus, TransientError
+from ._exceptions import HTTPStatusError, RetryableStatus, TransientError, UsageError
 
 RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -52,6 +52,27 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
         return None
 
 
+def parse_statuses(text: str) -> frozenset[int]:
+    """HTTP statuses from ``403,520-524`` (``--retry-on``); UsageError when it does not read as that."""
+    statuses: set[int] = set()
+    for item in text.split(","):
+        part = item.strip()
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            raise UsageError(f"expected HTTP statuses such as 403,520-524, not {text!r}") from None
+        if not 100 <= first <= last <= 599:
+            raise UsageError(f"HTTP statuses are 100 to 599, in ranges low-high: {part!r}")
+        statuses.update(range(first, last + 1))
+    if not statuses:
+        raise UsageError(f"expected HTTP statuses such as 403,520-524, not {text!r}")
+    return frozenset(statuses)
+
+
 def _check_non_negative(name: str, value: float) -> None:
     # "not value >= 0" also rejects NaN, which would poison every later comparison.
     if not value >= 0:
@@ -66,13 +87,15 @@ class RetryPolicy:
     Only :class:`~asyncdl._exceptions.TransientError` failures are retried. The wait is capped
     exponential backoff with full jitter, ``random() * min(backoff_max_s, backoff_base_s * 2**(n-1))``
     after the n-th failed attempt, so that many downloads failing together do not come back together;
-    a server's ``Retry-After`` replaces it, capped at ``retry_after_max_s``.
+    a server's ``Retry-After`` replaces it, capped at ``retry_after_max_s``. ``retry_on`` adds
+    statuses to retry (``--retry-on``) beyond the transient ones (408, 425, 429, 500, 502-504).
     """
 
     retries: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 300.0
+    retry_on: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -89,7 +112,7 @@ class RetryPolicy:
         """
         if attempt < 1:
             raise ValueError(f"attempt counts attempts already made and starts at 1, got {attempt!r}")
-        if attempt > self.retries or not isinstance(error, TransientError):
+        if attempt > self.retries or not self.retries_error(error):
             return None
         if isinstance(error, RetryableStatus) and error.retry_after is not None:
             # The server said when; no jitter, since waiting less would likely earn another 429/503.
@@ -97,3 +120,9 @@ class RetryPolicy:
         exponent = min(attempt - 1, _MAX_BACKOFF_EXPONENT)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2.0**exponent)
         return random() * ceiling
+
+    def retries_error(self, error: BaseException) -> bool:
+        """Whether ``error`` is one to try again (while attempts are left)."""
+        if isinstance(error, TransientError):
+            return True
+        return isinstance(error, HTTPStatusError) and error.status in self.retry_on

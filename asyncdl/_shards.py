@@ -33,18 +33,27 @@ import itertools
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._download import Engine, Plan, Settings, plain_name, plan_download
+from ._download import Engine, Job, Plan, Settings, host_rules, plain_name, plan_download
 from ._exceptions import AsyncdlError, StorageError, UsageError
 from ._files import ensure_dir
+from ._hosts import Retry, Scheduler, Signal
 from ._http import make_session
 from ._models import BadEntry, Request, Result, Status
 from ._naming import NameRegistry
-from ._pool import bounded_map
+from ._pool import Pool
 from ._progress import ActiveDownload, Progress
 from ._ratelimit import RateLimiter
 from ._urls import redact_url
@@ -127,8 +136,9 @@ class DownloadWorker:
         # Other workers write into the same directory (see Settings.shared_dest).
         self.settings = dataclasses.replace(config.settings, shared_dest=True)
         self._limiter = RateLimiter(config.limit_rate) if config.limit_rate else None
-        self._slots = asyncio.Semaphore(config.jobs)  # the -j downloads, shared by every shard
         self._engine: Engine | None = None
+        # The -j downloads and the per-origin rules, shared by every shard this worker runs at once.
+        self._pool: Pool[tuple[int, Result]] | None = None
         self.incarnation = f"{os.getpid()}-{id(self)}"
         self._shards: set[asyncio.Task[Any]] = set()  # the shards running now (close stops them)
         self._finished: deque[tuple[int, int]] = deque(maxlen=FINISHED_REMEMBERED)
@@ -154,17 +164,14 @@ class DownloadWorker:
         # written its files since the listing was taken.
         recheck = spec[3] > 0
 
-        async def run(item: tuple[int, Plan]) -> None:
+        def prepare(item: tuple[int, Plan]) -> _Numbered:
             index, plan = item
-            async with self._slots:
-                results[index] = await engine.run(plan, recheck=recheck)
+            return _Numbered(engine.job(plan, recheck=recheck), index)
 
-        # The downloader's -j slots are shared by every shard this worker runs at once.
-        async with contextlib.aclosing(
-            bounded_map(enumerate(plans), _identity, run, workers=self.config.jobs)
-        ) as done:
-            async for _ in done:
-                pass
+        assert self._pool is not None
+        async with contextlib.aclosing(self._pool.stream(enumerate(plans), prepare)) as done:
+            async for index, ended in done:
+                results[index] = ended
         statuses: list[str] = []
         sizes: list[int] = []
         attempts: list[int] = []
@@ -185,6 +192,7 @@ class DownloadWorker:
     async def _open(self) -> Engine:
         if self._engine is None:
             await ensure_dir(self.dest)
+        if self._engine is None:  # the shards that arrive together share one engine and one pool
             config = self.config
             session = make_session(
                 connections=config.jobs * config.connections,
@@ -193,6 +201,7 @@ class DownloadWorker:
                 verify=self.settings.verify,
             )
             self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
+            self._pool = Pool(Scheduler(jobs=config.jobs, rules=host_rules(self.settings)))
         return self._engine
 
     def plans(self, spec: ShardSpec) -> list[Plan]:
@@ -234,13 +243,43 @@ class DownloadWorker:
         if running:
             await asyncio.wait(running)
         engine, self._engine = self._engine, None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
         if engine is not None:
             await engine.session.close()
         return self.incarnation, self.progress.bytes_done
 
 
-def _identity(item: tuple[int, Plan]) -> tuple[int, Plan]:
-    return item
+class _Numbered:
+    """A download of a shard, whose result comes back with its index in the shard."""
+
+    __slots__ = ("index", "job")
+
+    def __init__(self, job: Job, index: int) -> None:
+        self.job = job
+        self.index = index
+
+    @property
+    def origin(self) -> str:
+        return self.job.origin
+
+    @property
+    def signal(self) -> Signal | None:
+        return self.job.signal
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.job.retry_after
+
+    async def step(
+        self, down: str | None = None, proven: Callable[[], None] | None = None
+    ) -> tuple[int, Result] | Retry:
+        outcome = await self.job.step(down, proven)
+        return outcome if isinstance(outcome, Retry) else (self.index, outcome)
+
+    def abandon(self) -> None:
+        self.job.abandon()
 
 
 @dataclass

@@ -77,3 +77,27 @@ def redact_text(text: str, url: str) -> str:
     if password:
         text = text.replace(url, redact_url(url)).replace(password, "***")
     return text
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def origin_key(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: lower-case, without credentials or a default port ("" if none).
+
+    The key the scheduler keeps per-origin state under, and how the summary names an origin.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return ""
+    end = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark, 0, end)
+        if at != -1:
+            end = at
+    netloc = rest[:end].rpartition("@")[2].lower()
+    scheme = scheme.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is not None and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return f"{scheme}://{netloc}"

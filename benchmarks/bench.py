@@ -8,6 +8,7 @@ dependencies (aiohttp, aiofiles, rich); the asyncdl package itself is taken from
     python benchmarks/bench.py --quick              # smaller sizes, one round: a smoke test under a minute
     python benchmarks/bench.py --only b,e10k --runs 3 --tools asyncdl,curl
     python benchmarks/bench.py --asyncdl-args="--timeout 10" --keep
+    python benchmarks/bench.py --only b,e10k --tools asyncdl --baseline-rev 721c7a2   # before / after
 
 Needs nginx (`apt-get install nginx-light`) and GNU time (`apt-get install time`); the peers curl, wget,
 aria2c and axel are used when installed and skipped with a note when not. Standard library only.
@@ -648,6 +649,7 @@ class ToolSetup:
     asyncdl_args: tuple[str, ...]
     ca_file: Path | None = None  # the CA of the HTTPS workloads
     asyncdl_ca_option: bool = False  # asyncdl has --ca-certificate (else it is given SSL_CERT_FILE)
+    baseline_root: Path | None = None  # where asyncdl-base (--baseline-rev) is imported from
 
 
 def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -> list[str]:
@@ -669,6 +671,8 @@ def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -
 def tool_env(tool: str, dataset: Dataset, setup: ToolSetup, env: dict[str, str]) -> dict[str, str]:
     """The environment of one timed run: asyncdl without --ca-certificate trusts the CA through OpenSSL's
     SSL_CERT_FILE (which the default SSL context of Python loads)."""
+    if tool == "asyncdl-base" and setup.baseline_root is not None:
+        env = {**env, "PYTHONPATH": str(setup.baseline_root)}
     if dataset.workload.tls and tool.startswith("asyncdl") and not setup.asyncdl_ca_option:
         return {**env, "SSL_CERT_FILE": str(setup.ca_file)}
     return env
@@ -677,7 +681,7 @@ def tool_env(tool: str, dataset: Dataset, setup: ToolSetup, env: dict[str, str])
 def _plain_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -> list[str]:
     w = dataset.workload
     url_list = str(dataset.url_list)
-    if tool in ("asyncdl", "asyncdl-2p"):
+    if tool in ("asyncdl", "asyncdl-2p", "asyncdl-base"):
         cmd = [setup.python, "-m", "asyncdl", url_list, "-d", str(out_dir), "-j", str(PARALLEL_JOBS), "-q"]
         if w.segmented:
             cmd += ["-x", str(SEGMENT_CONNECTIONS)]
@@ -1081,6 +1085,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="REV",
         help="benchmark asyncdl as committed at REV (default: the working tree)",
     )
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also run asyncdl as committed at REV, as the tool asyncdl-base, alternating with the "
+        "others in every round: a before / after comparison within one run",
+    )
     parser.add_argument("--fs", choices=("ext4", "tmpfs", "dir"), default="ext4", help="output for a-e10k")
     parser.add_argument("--fs-1m", choices=("ext4", "tmpfs", "dir"), default="tmpfs", help="output for e1m")
     parser.add_argument(
@@ -1111,6 +1121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--runs must be at least 1")
     if args.asyncdl_rev and resolve_commit(args.asyncdl_rev) is None:
         parser.error(f"--asyncdl-rev: no commit {args.asyncdl_rev!r} in {REPO_ROOT}")
+    if args.baseline_rev:
+        if resolve_commit(args.baseline_rev) is None:
+            parser.error(f"--baseline-rev: no commit {args.baseline_rev!r} in {REPO_ROOT}")
+        args.tools = [*(args.tools or ALL_TOOLS), "asyncdl-base"]
     return args
 
 
@@ -1269,6 +1283,7 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     for directory in (home, scratch, www):
         directory.mkdir()
     package_root, code = snapshot_package(work / "src", args.asyncdl_rev)
+    baseline_root = snapshot_package(work / "base-src", args.baseline_rev)[0] if args.baseline_rev else None
     env = tool_environment(home, package_root)
     tools, skip_notes = available_tools(args, env, scratch)
 
@@ -1298,6 +1313,7 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
         ca_file=ca_file,
         asyncdl_ca_option=ca_file is not None
         and asyncdl_has_option(args.python, env, scratch, "--ca-certificate"),
+        baseline_root=baseline_root,
     )
     if "asyncdl" in tools:
         problem = smoke_test_asyncdl(setup, env, scratch, nginx.base_url)

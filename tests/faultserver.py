@@ -39,6 +39,8 @@ Options of a route (all keyword-only; see :class:`Route` for the details):
 ``raw``                send these bytes instead of an answer, close }
 ``chunked``            ``Transfer-Encoding: chunked`` in ``chunk_size`` chunks
 ``rate``               bytes per second, paced
+``hang``               read the request, never answer (a black hole)              } on the attempts up
+``endless``            a chunked 200 whose body never ends                        } to ``fail_times``
 ``gzip``               gzip the body when the request accepts gzip
 =====================  ================================================================================
 """
@@ -139,6 +141,9 @@ class Route:
     - ``content_length=L``: announce L instead of the real length, send the body, close;
     - ``raw=b"..."``: send exactly these bytes instead of any answer, then close.
 
+    A black hole: ``hang=True`` reads the request and never answers, until the client closes. A body
+    that never ends: ``endless=True`` answers 200 with a chunked body of ``body`` repeated forever.
+
     Body framing and pace: ``chunked`` sends ``Transfer-Encoding: chunked`` with ``chunk_size`` bytes of
     content per chunk (with ``truncate_after``/``reset_after`` it stops mid-chunk); ``rate`` caps the body at
     that many bytes per second (paced writes of about rate/20 bytes, never ahead of schedule); ``gzip``
@@ -178,6 +183,8 @@ class Route:
     rate: float | None = None
     gzip: bool = False
     close: bool = False
+    hang: bool = False
+    endless: bool = False
     attempts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -480,6 +487,13 @@ class FaultServer:
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []
         self.connection_count = 0
+        # ("open" | "close", connections open just after): the server's connections over time.
+        self.connection_events: list[tuple[str, int]] = []
+        # Requests being answered at once, as each one arrived (itself included).
+        self.in_flight = 0
+        self.in_flight_seen: list[int] = []
+        # ("start" | "end", path, requests being answered just after): the same over time.
+        self.in_flight_events: list[tuple[str, str, int]] = []
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._closing = False
@@ -599,6 +613,7 @@ class FaultServer:
         self.connection_count += 1
         conn = _Connection(self.connection_count, reader, writer)
         self._handlers.add(task)
+        self.connection_events.append(("open", len(self._handlers)))
         self._notify()
         try:
             if self._closing:
@@ -616,6 +631,7 @@ class FaultServer:
                 await self._close_connection(conn)
             finally:
                 self._handlers.discard(task)
+                self.connection_events.append(("close", len(self._handlers)))
                 self._notify()
 
     async def _close_connection(self, conn: _Connection) -> None:
@@ -665,7 +681,14 @@ class FaultServer:
                 await self._send(conn, _response_head(404, self._simple_headers(message, close=close)) + body)
                 keep_alive = not close
             else:
-                keep_alive = await self._respond(conn, request, route)
+                self.in_flight += 1
+                self.in_flight_seen.append(self.in_flight)
+                self.in_flight_events.append(("start", request.path, self.in_flight))
+                try:
+                    keep_alive = await self._respond(conn, request, route)
+                finally:
+                    self.in_flight -= 1
+                    self.in_flight_events.append(("end", request.path, self.in_flight))
             if not keep_alive:
                 return
 
@@ -696,6 +719,17 @@ class FaultServer:
         if faulty and route.raw is not None:
             await self._send(conn, route.raw)
             return False
+        if faulty and route.hang:
+            await self._stall(conn)
+            return False
+        if faulty and route.endless and request.method == "GET":
+            head = [("Server", SERVER_NAME), ("Transfer-Encoding", "chunked"), *extra]
+            await self._send(conn, _response_head(200, head))
+            piece = route.body or b"x" * 1024
+            chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+            while True:
+                await self._send(conn, chunk)
+                await asyncio.sleep(0)  # a fast reader never makes drain() wait: let others run
 
         status, retry_after = route.scripted_status(attempt)
         if status is None and route.redirect_to is not None:
