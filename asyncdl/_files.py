@@ -24,6 +24,7 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
+from . import _batch
 from ._exceptions import StorageError
 
 WRITE_BUFFER_SIZE = 1024 * 1024
@@ -130,8 +131,8 @@ def _place(temp: Path, target: Path, *, replace: bool, keep_on_conflict: bool = 
     return True
 
 
-def _write_whole(
-    temp: Path, data: bytes, target: Path, meta_path: Path | None, replace: bool, *, keep_on_conflict: bool
+def _write_whole(  # noqa: PLR0917 - called through _batch.run, which passes positional arguments
+    temp: Path, data: bytes, target: Path, meta_path: Path | None, replace: bool, keep_on_conflict: bool
 ) -> bool:
     """Write a complete small body and move it into place: the whole life of a small file in one hop."""
     try:
@@ -195,7 +196,6 @@ def _hash_prefix(path: Path, length: int, algorithm: str) -> Any:
 _a_inspect = aiofiles.os.wrap(_inspect)
 _a_write_meta = aiofiles.os.wrap(_write_meta)
 _a_place = aiofiles.os.wrap(_place)
-_a_write_whole = aiofiles.os.wrap(_write_whole)
 _a_discard = aiofiles.os.wrap(_discard)
 _a_open_sized = aiofiles.os.wrap(_open_sized)
 _a_pwrite_all = aiofiles.os.wrap(_pwrite_all)
@@ -388,8 +388,9 @@ class DirectoryIndex:
         if listing is None:
             listing = asyncio.ensure_future(_a_list_names(directory))
             self._listings[directory] = listing
-        # shield: a cancelled caller must not cancel the listing that others wait for.
-        names = await asyncio.shield(listing)
+        # shield: a cancelled caller must not cancel the listing that others wait for (and, once
+        # the listing is there, no await at all: a shield costs a future and two callbacks).
+        names = listing.result() if listing.done() else await asyncio.shield(listing)
         if names is not None:
             return name in names
         return await size_of(directory / name) is not None
@@ -599,9 +600,10 @@ class TempFile:
                 data = b"".join(self._buffer)
                 self._buffer.clear()
                 self._buffered = 0
+                # One call in the batch thread (see _batch): the loop's cheapest way to a thread.
                 placed = bool(
-                    await _a_write_whole(
-                        self.path, data, target, meta_path, replace, keep_on_conflict=keep_on_conflict
+                    await _batch.run(
+                        _write_whole, self.path, data, target, meta_path, replace, keep_on_conflict
                     )
                 )
                 if not placed and keep_on_conflict:
