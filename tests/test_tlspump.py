@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp.connector
 import pytest
 from aiohttp import web
 from test_robustness import temp_files, visible
@@ -109,11 +108,14 @@ async def https_files(context: ssl.SSLContext, body: bytes = BIG) -> AsyncIterat
 
 
 @pytest.fixture
-def trusted(self_signed: ssl.SSLContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:  # noqa: F811
-    """The server context of ``self_signed``; the client trusts its certificate for this test."""
-    client = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
-    monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", client)
+def trusted(self_signed: ssl.SSLContext) -> ssl.SSLContext:  # noqa: F811
+    """The server context of ``self_signed``; ``options(dest)`` makes the client trust it."""
     return self_signed
+
+
+def options(dest: Path, **more: Any) -> dict[str, Any]:
+    """Download options: fast retries, and the test certificate (beside ``dest``) as the CA."""
+    return {"retry_policy": fast(), "ca_certificate": dest.parent / "cert.pem", **more}
 
 
 class Spy(PumpSpy):
@@ -157,7 +159,7 @@ async def test_a_large_https_body_is_decrypted_in_a_thread_byte_exact(
 ) -> None:
     checksum = Checksum("sha256", hashlib.sha256(BIG).hexdigest()) if checked else None
     async with https_files(trusted) as files:
-        (result,) = await download_many([Request(files.url, checksum=checksum)], dest, retry_policy=fast())
+        (result,) = await download_many([Request(files.url, checksum=checksum)], dest, **options(dest))
     assert result.status is Status.OK and result.attempts == 1, result.error
     assert result.bytes == len(BIG)
     assert (dest / "big.bin").read_bytes() == BIG
@@ -169,7 +171,7 @@ async def test_a_large_https_body_is_decrypted_in_a_thread_byte_exact(
 
 async def test_a_small_https_body_stays_with_aiohttp(trusted: ssl.SSLContext, dest: Path, spy: Spy) -> None:
     async with https_files(trusted, BIG[:MiB]) as files:
-        (result,) = await download_many([files.url], dest, retry_policy=fast())
+        (result,) = await download_many([files.url], dest, **options(dest))
     assert result.status is Status.OK, result.error
     assert (dest / "big.bin").read_bytes() == BIG[:MiB]
     assert spy.calls == 0  # a thread and a new connection cost more than they save
@@ -181,7 +183,7 @@ async def test_an_unexpected_tls_state_keeps_aiohttp_s_reader(
     """Another event loop or asyncio version (no SSLProtocol the pump knows): the normal reader."""
     monkeypatch.setattr(tlspump, "_ssl_protocol", lambda transport: None)
     async with https_files(trusted) as files:
-        (result,) = await download_many([files.url], dest, retry_policy=fast())
+        (result,) = await download_many([files.url], dest, **options(dest))
     assert result.status is Status.OK and result.attempts == 1, result.error
     assert (dest / "big.bin").read_bytes() == BIG
     assert spy.calls == 0
@@ -193,7 +195,7 @@ async def test_a_broken_https_body_keeps_every_byte_and_resumes(
 ) -> None:
     async with https_files(trusted) as files:
         files.faults.append((kind, 5 * MiB))
-        (result,) = await download_many([files.url], dest, retry_policy=fast())
+        (result,) = await download_many([files.url], dest, **options(dest))
     assert result.status is Status.OK and result.attempts == 2, result.error
     assert (dest / "big.bin").read_bytes() == BIG
     first, second = files.starts
@@ -213,7 +215,7 @@ async def test_a_stalled_https_body_is_cut_by_the_timeout(
     started = time.monotonic()
     async with https_files(trusted) as files:
         files.faults.append(("stall", 5 * MiB))
-        (result,) = await download_many([files.url], dest, timeout=0.3, retry_policy=fast())
+        (result,) = await download_many([files.url], dest, timeout=0.3, **options(dest))
     assert result.status is Status.OK and result.attempts == 2, result.error
     assert time.monotonic() - started < 10
     assert files.starts[1] == 5 * MiB
@@ -229,7 +231,7 @@ async def test_a_cancelled_https_pump_stops_its_thread_and_keeps_the_bytes(
         files.faults.append(("stall", 5 * MiB))
         reached = asyncio.Event()
         spy.at = (MiB, reached.set)  # well into the thread's part
-        async with Downloader(dest, timeout=60, retry_policy=fast()) as downloader:
+        async with Downloader(dest, timeout=60, **options(dest)) as downloader:
             task = asyncio.ensure_future(downloader.download(files.url))
             await asyncio.wait_for(reached.wait(), 30)
             task.cancel()
@@ -241,7 +243,7 @@ async def test_a_cancelled_https_pump_stops_its_thread_and_keeps_the_bytes(
         assert kept >= MiB
         assert partial.read_bytes() == BIG[:kept]
         # The next run resumes after the kept bytes.
-        (result,) = await download_many([files.url], dest, retry_policy=fast())
+        (result,) = await download_many([files.url], dest, **options(dest))
     assert result.status is Status.OK, result.error
     assert files.starts[-1] == kept
     assert (dest / "big.bin").read_bytes() == BIG
@@ -251,7 +253,7 @@ async def test_the_pieces_of_a_segmented_https_download_go_through_the_thread(
     trusted: ssl.SSLContext, dest: Path, spy: Spy
 ) -> None:
     async with https_files(trusted) as files:
-        (result,) = await download_many([files.url], dest, connections=2, retry_policy=fast())
+        (result,) = await download_many([files.url], dest, connections=2, **options(dest))
     assert result.status is Status.OK, result.error
     assert (dest / "big.bin").read_bytes() == BIG
     assert spy.calls == 2  # both 4 MiB pieces
