@@ -18,6 +18,7 @@ from ._exceptions import (
 )
 from ._models import Checksum, Request, Result, Status
 from ._progress import ActiveDownload, Progress, Snapshot
+from ._queue import DownloadHandle, HandleProgress
 from ._retry import RetryPolicy
 from ._upload import upload, upload_many
 from ._version import __version__
@@ -29,8 +30,10 @@ __all__ = [
     "ChecksumMismatch",
     "ConnectError",
     "DownloadError",
+    "DownloadHandle",
     "Downloader",
     "HTTPStatusError",
+    "HandleProgress",
     "IncompleteBody",
     "Progress",
     "RedirectError",

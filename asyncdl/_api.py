@@ -14,12 +14,13 @@ from ._download import Engine, Job, Settings, host_rules
 from ._exceptions import UsageError
 from ._files import ensure_dir
 from ._hosts import Scheduler
-from ._http import make_session, read_ca_certificates
+from ._http import make_session, read_ca_certificates, set_connection_limit
 from ._models import BadEntry, Checksum, Request, Result
 from ._pool import Pool
 from ._procs import DEFAULT_SHARD_SIZE as DEFAULT_LOCAL_SHARD_SIZE
 from ._procs import ProcessCluster
 from ._progress import Progress
+from ._queue import DownloadHandle, LiveQueue
 from ._ratelimit import RateLimiter, parse_rate, parse_size
 from ._ray import RayCluster
 from ._report import ReportWriter
@@ -160,6 +161,7 @@ class Downloader:
         self._limiter = RateLimiter(rate) if rate else None
         self._engine: Engine | None = None
         self._pool: Pool[Result] | None = None
+        self._queue: LiveQueue | None = None
         self._report_path = report
         self._report: ReportWriter | None = None
         self._cluster: ShardCluster | None = None
@@ -205,8 +207,10 @@ class Downloader:
         if value < 1:
             raise UsageError("jobs must be at least 1")
         self._jobs = value
+        if self._engine is not None:
+            set_connection_limit(self._engine.session, value * self.connections)
         if self._pool is not None:
-            self._pool.jobs = value
+            self._pool.jobs = value  # the live queue's downloads and every stream's
 
     async def __aenter__(self) -> Downloader:
         await self.open()
@@ -244,13 +248,17 @@ class Downloader:
         )
         self._engine = Engine(session, self.settings, progress=self.progress, limiter=self._limiter)
         self._pool = Pool(Scheduler(jobs=self.jobs, rules=host_rules(self.settings)))
+        self._queue = LiveQueue(self._engine, self._pool)
 
     async def aclose(self) -> None:
-        """Close the connection pool. Safe to call twice."""
+        """Stop the live queue's downloads (bytes kept), close the connection pool. Safe to call twice."""
         engine, self._engine = self._engine, None
         pool, self._pool = self._pool, None
+        queue, self._queue = self._queue, None
         report, self._report = self._report, None
         try:
+            if queue is not None:
+                await queue.aclose()  # running downloads stop, their bytes kept
             if pool is not None:
                 await pool.aclose()
             if engine is not None:
@@ -260,6 +268,43 @@ class Downloader:
                 report.close()
             if self._cluster is not None:
                 await self._cluster.aclose()
+
+    @property
+    def limit_rate(self) -> int | None:
+        """The cap on the overall byte rate (bytes/s; None: no cap). Can be changed while running."""
+        return int(self._limiter.rate_bps) if self._limiter is not None else None
+
+    @limit_rate.setter
+    def limit_rate(self, value: int | str | None) -> None:
+        rate = parse_rate(value) if isinstance(value, str) else value
+        if self._limiter is not None:
+            self._limiter.change(rate)  # also shortens or stretches the waits under way
+        if not rate:
+            self._limiter = None
+        elif self._limiter is None:
+            self._limiter = RateLimiter(rate)
+        if self._engine is not None:
+            # Bodies already moved by splice(2) are not paced: the cap holds from their next attempt.
+            self._engine.limiter = self._limiter
+
+    # --- the live queue ---
+    @property
+    def queue(self) -> LiveQueue:
+        """The live queue of :meth:`add` (waiting, paused and active downloads)."""
+        if self._queue is None:
+            raise RuntimeError("use 'async with Downloader(...)' (or await open()) before adding")
+        return self._queue
+
+    def add(self, url: RequestLike, *, position: int | None = None, paused: bool = False) -> DownloadHandle:
+        """Queue one URL or Request while other downloads run; its :class:`DownloadHandle`.
+
+        It goes to the Downloader's scheduler in queue order, beside the downloads of ``download()``
+        and ``stream()`` (``position``: its place among the waiting ones, default last; ``paused``: it
+        waits until ``handle.resume()``).
+        """
+        if self._cluster is not None:
+            raise UsageError("add() runs downloads in this process: not with ray or processes")
+        return self.queue.add(Request.coerce(url), position=position, paused=paused)
 
     def _require_engine(self) -> tuple[Engine, Pool[Result]]:
         if self._engine is None or self._pool is None:

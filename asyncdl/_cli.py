@@ -51,8 +51,9 @@ def download_parser() -> argparse.ArgumentParser:
         usage="asyncdl [OPTIONS] SOURCE...",
         description="Download many URLs at once. "
         "SOURCE is a URL list file, '-' for standard input, or a URL.",
-        epilog="Also: 'asyncdl demo [-d DIR]' (a run against a built-in local server, no network needed) "
-        "and 'asyncdl upload [OPTIONS] FILE URL' (see 'asyncdl upload --help').",
+        epilog="Also: 'asyncdl demo [-d DIR]' (a run against a built-in local server, no network needed), "
+        "'asyncdl upload [OPTIONS] FILE URL' (see 'asyncdl upload --help') and 'asyncdl daemon -d DIR' "
+        "(a download manager driven over aria2's JSON-RPC and a web page; see 'asyncdl daemon --help').",
     )
     parser.add_argument("sources", nargs="*", metavar="SOURCE", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
@@ -458,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._cli_demo import demo_main
 
             return demo_main(argv[1:], run=run_main, stderr=stderr)
+        if argv[:1] == ["daemon"]:
+            from ._cli_daemon import daemon_main
+
+            return daemon_main(argv[1:], run=run_main, stdout=sys.stdout, stderr=stderr)
         args = download_parser().parse_args(argv)
         return run_main(lambda: _download(args, sys.stdin, stderr))
     except UsageError as exc:

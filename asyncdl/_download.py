@@ -346,6 +346,11 @@ class Job:
             self.origin = origin_key(job.url)
         return outcome
 
+    @property
+    def progress_key(self) -> int | None:
+        """Its entry in ``Progress.active`` while it has one (from its first attempt until it ends)."""
+        return None if self._job is None else self._job.key
+
     def abandon(self) -> None:
         """The download stops here (cancelled): forget its progress entry. Stepped again later, it
         starts over as a new download (resuming from the bytes on disk): a pause and a resume."""

@@ -217,6 +217,17 @@ def make_session(
     )
 
 
+def set_connection_limit(session: aiohttp.ClientSession, connections: int) -> None:
+    """Resize the session's connection pool while it is in use (``jobs`` changed at run time).
+
+    aiohttp has no public setter; its connector reads ``_limit`` each time it hands out a
+    connection, so a larger value lets waiting requests through at the next release or request.
+    """
+    connector = session.connector
+    if isinstance(connector, aiohttp.BaseConnector):
+        connector._limit = max(1, connections)
+
+
 def translate(exc: BaseException, url: str) -> DownloadError:
     """One of our exceptions for an exception from aiohttp or the socket layer."""
     shown = redact_url(url)

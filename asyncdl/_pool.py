@@ -485,6 +485,18 @@ class Pool(Generic[R]):
         ticket.job.abandon()
         self.pump()
 
+    def withdraw(self, submission: Submission[R]) -> bool:
+        """Take a submitted download that waits or is parked out at once (True; its result future is
+        cancelled); False when it runs or has ended. The live queue pauses and reorders with it."""
+        ticket = submission.ticket
+        if ticket is None or not self.scheduler.withdraw(ticket):
+            return False
+        submission.tickets.discard(ticket)
+        ticket.job.abandon()
+        submission.future.cancel()
+        self.pump()
+        return True
+
     async def cancel(self, owner: _Owner[R]) -> None:
         """End every download of ``owner``: waiting ones are withdrawn, running ones cancelled."""
         await self._cancel_all(owner)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from ._exceptions import UsageError
 
+_WAIT_SLICE_S = 1.0
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -85,6 +86,18 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next_free = clock()
+        # Grows by old / new rate at each change: a taker waiting across a change scales what it
+        # has left to wait by the factor that accrued meanwhile.
+        self._time_scale = 1.0
+
+    def change(self, rate_bps: float | None) -> None:
+        """A new cap (None: none) that also holds for the waits already booked, from now on."""
+        new = rate_bps if rate_bps else float("inf")
+        factor = self.rate_bps / new
+        now = self._clock()
+        self._next_free = now + max(0.0, self._next_free - now) * factor
+        self._time_scale *= factor
+        self.rate_bps = new
 
     def reserve(self, n: int) -> float:
         """Book ``n`` bytes; the seconds to wait before going on."""
@@ -95,8 +108,16 @@ class RateLimiter:
 
     async def take(self, n: int) -> None:
         delay = self.reserve(n)
-        if delay > 0:
-            await self._sleep(delay)
+        scale = self._time_scale
+        while delay > 0:
+            # Long waits (a big chunk at a low cap) are slept in slices, so that a cap changed
+            # meanwhile (change()) shortens or stretches what is left.
+            step = min(delay, _WAIT_SLICE_S)
+            await self._sleep(step)
+            delay -= step
+            if self._time_scale != scale:
+                delay *= self._time_scale / scale
+                scale = self._time_scale
 
 
 class BothLimiters:
