@@ -193,6 +193,19 @@ async def test_an_unknown_key_is_reported_once_and_the_download_runs(
     ]
 
 
+async def test_unknown_keys_on_standard_input_are_reported_too(
+    file_server: FileServer, tmp_path: Path
+) -> None:
+    file_server.add("/a", b"a")
+    text = f"{file_server.url('/a')}\n  pause=true\n  user-agent=UA/9\n".encode()
+
+    code, err = await run_cli("-", "-d", str(tmp_path / "out"), stdin=text)
+
+    assert code == 0, err
+    assert "asyncdl: warning: <stdin>:2: unknown option 'pause' ignored" in err.splitlines()
+    assert file_server.requests_for("/a")[0].headers["User-Agent"] == "UA/9"
+
+
 async def test_the_options_travel_to_worker_processes(fault_server: FaultServer, tmp_path: Path) -> None:
     fault_server.route("/a", body=b"a")
     fault_server.route("/b", body=b"b")
