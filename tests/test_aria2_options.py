@@ -123,6 +123,37 @@ async def test_max_download_limit_caps_that_download(fault_server: FaultServer, 
     assert elapsed >= 2.5
 
 
+async def test_lowest_speed_limit_cuts_that_download_when_it_crawls(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    body = bytes(range(256)) * 16  # 4 KiB, served at 2,000 bytes/s: below a floor of 4K/s
+    fault_server.route("/crawl", body=body, rate=2000)
+    fault_server.route("/patient", body=body, rate=2000)
+    url_list = write_list(
+        tmp_path / "in.txt",
+        (fault_server.url("/crawl"), ["lowest-speed-limit=4K", "max-tries=2"]),
+        (fault_server.url("/patient"), []),
+    )
+    report = tmp_path / "report.jsonl"
+
+    code, _ = await run_cli(
+        str(url_list), "-d", str(tmp_path / "out"), "--timeout", "0.5", "--report", str(report), "-q"
+    )
+
+    assert code == 1
+    records = {
+        json.loads(line)["url"].rsplit("/", 1)[1]: json.loads(line)
+        for line in report.read_text().splitlines()
+    }
+    assert records["crawl"]["status"] == "failed"
+    assert "too slow" in records["crawl"]["error"]
+    assert records["crawl"]["attempts"] == 2
+    _first, second = fault_server.requests_for("/crawl")
+    assert second.header("Range") is not None  # the cut attempt's bytes were kept and resumed
+    assert records["patient"]["status"] == "ok"
+    assert (tmp_path / "out" / "patient").read_bytes() == body
+
+
 async def test_allow_overwrite_replaces_that_download_only(file_server: FileServer, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
