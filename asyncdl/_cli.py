@@ -36,7 +36,7 @@ from ._cli_common import (
 )
 from ._exceptions import AsyncdlError, UsageError
 from ._models import BadEntry, Request, Result
-from ._progress import Progress, Renderer, TerminalRenderer
+from ._progress import Progress, Renderer
 from ._session import Session
 from ._urllist import parse_lines
 from ._version import __version__
@@ -367,7 +367,7 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
                     session.finished(result)
                 yield result
 
-    if isinstance(renderer, TerminalRenderer) and not any(source.stdin for source in sources):
+    if renderer.counts_input and not any(source.stdin for source in sources):
         _count_in_background(sources, progress)
     try:
         return await present(results(), renderer, progress)

@@ -21,7 +21,6 @@ from ._progress import (
     Progress,
     QuietRenderer,
     Renderer,
-    TerminalRenderer,
     failures_line,
     summary_line,
 )
@@ -183,6 +182,8 @@ def make_renderer(quiet: bool, progress: Progress, stderr: TextIO) -> Renderer:
         return QuietRenderer(stderr)
     if stderr.isatty():
         from rich.console import Console
+
+        from ._display import TerminalRenderer  # rich is imported only for a terminal
 
         return TerminalRenderer(progress, Console(file=stderr))
     return PlainRenderer(progress, stderr)

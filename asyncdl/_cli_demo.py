@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -83,7 +84,11 @@ async def _demo(dest: Path, plan: DemoPlan, stderr: TextIO, stdout: TextIO) -> i
         limited_url=server.limited_url,
     )
     for line in closing:
-        print(line, file=stdout, flush=True)
+        # Paths and URLs stay whole, to be copied.
+        text = textwrap.fill(
+            line, width=100, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+        )
+        print(text, file=stdout, flush=True)
     return status
 
 

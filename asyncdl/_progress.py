@@ -1,25 +1,21 @@
-"""One progress aggregator shared by every download, and the renderers that draw it.
+"""One progress aggregator shared by every download, and the plain renderers that draw it.
 
 The aggregator is plain synchronous counters, updated on the hot path without awaiting anything;
 renderers read snapshots of it on their own schedule. Library callers read ``Progress.snapshot()``.
+The live display of a terminal is in ``_display.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from ._models import Result, Status
 from ._urls import origin_key
-
-if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
-    from rich.live import Live
 
 _RATE_WINDOW_S = 5.0
 # Looked up once: an attribute of the Status class costs more than the counting it decides.
@@ -290,22 +286,16 @@ def failure_reason(error: str) -> str:
     return error.splitlines()[0][:60] if error else "failed"
 
 
-def active_line(entry: ActiveDownload, width: int = 40) -> str:
-    if entry.total:
-        pct = f"{100 * entry.done / entry.total:5.1f}%"
-        size = f"{format_bytes(entry.done)} / {format_bytes(entry.total)}"
-    else:
-        pct = "   ?  "
-        size = format_bytes(entry.done)
-    name = entry.name if len(entry.name) <= width else entry.name[: width - 1] + "…"
-    return f"  {pct} {name:<{width}} {size}"
-
-
 # --- renderers ------------------------------------------------------------------------------------
 
 
 class Renderer:
-    """Draws a Progress; ``message`` prints a line (a failure) without breaking the display."""
+    """Draws a Progress; ``message`` prints a line (a failure) without breaking the display.
+
+    The live display on a terminal is ``_display.TerminalRenderer`` (rich).
+    """
+
+    counts_input = False  # whether the display shows how many downloads are left (see _cli)
 
     async def run(self) -> None:
         """Redraw until cancelled."""
@@ -342,47 +332,3 @@ class PlainRenderer(QuietRenderer):
             if state != last:
                 self.message(f"asyncdl: {overall_line(snap)}")
                 last = state
-
-
-class TerminalRenderer(Renderer):
-    """A live display (rich): one overall line and a line per active download."""
-
-    MAX_ACTIVE_LINES = 12
-
-    def __init__(self, progress: Progress, console: Console, *, refresh_per_second: float = 5.0) -> None:
-        from rich.live import Live
-
-        self._progress = progress
-        self._console = console
-        self._interval_s = 1.0 / refresh_per_second
-        self._live: Live = Live(
-            self._render(), console=console, auto_refresh=False, transient=False, redirect_stderr=False
-        )
-
-    def _render(self) -> RenderableType:
-        from rich.console import Group
-        from rich.text import Text
-
-        snap = self._progress.snapshot()
-        lines = [Text(overall_line(snap), style="bold")]
-        shown = sorted(snap.active, key=lambda e: e.key)[: self.MAX_ACTIVE_LINES]
-        lines.extend(Text(active_line(e)) for e in shown)
-        if len(snap.active) > len(shown):
-            lines.append(Text(f"  … and {len(snap.active) - len(shown)} more"))
-        return Group(*lines)
-
-    async def run(self) -> None:
-        self._live.start(refresh=True)
-        while True:
-            await asyncio.sleep(self._interval_s)
-            self._live.update(self._render(), refresh=True)
-
-    def message(self, text: str) -> None:
-        from rich.text import Text
-
-        self._live.console.print(Text(text))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._live.update(self._render(), refresh=True)
-        self._live.stop()
