@@ -28,6 +28,7 @@ from ._models import BadEntry, Request
 from ._urllist import parse_lines
 
 GID_DIGITS = 16
+PIECE_LENGTH = 1024 * 1024  # aria2's default --piece-length
 OK = "OK"
 STATUSES = ("active", "waiting", "paused", "error", "complete", "removed")
 
@@ -251,11 +252,13 @@ def status_dict(view: View, keys: frozenset[str] | None = None) -> dict[str, Any
         "downloadSpeed": str(view.speed),
         "uploadSpeed": "0",
         "connections": str(view.connections),
-        # One piece covers the file: aria2's pieces are a BitTorrent notion asyncdl has no use for.
-        "pieceLength": str(view.total or 1048576),
-        "numPieces": "1",
+        # aria2's default piece length; its pieces count what is done from the start of the file.
+        "pieceLength": str(PIECE_LENGTH),
+        "numPieces": str(-(-view.total // PIECE_LENGTH)),
         "dir": view.dir,
     }
+    if view.total > 0:
+        fields["bitfield"] = bitfield(view.total, view.completed)
     if view.error_code is not None:
         fields["errorCode"] = view.error_code
         fields["errorMessage"] = view.error_message or ""
@@ -264,6 +267,19 @@ def status_dict(view: View, keys: frozenset[str] | None = None) -> dict[str, Any
     if keys is None:
         return fields
     return {k: v for k, v in fields.items() if k in keys}
+
+
+def bitfield(total: int, completed: int) -> str:
+    """aria2's ``bitfield``: one bit per piece, set for the pieces done, as hex (a byte at a time).
+
+    asyncdl writes a file from its start, so the pieces done are the first ``completed // piece``
+    (all of them once complete).
+    """
+    pieces = -(-total // PIECE_LENGTH)
+    done = pieces if completed >= total else completed // PIECE_LENGTH
+    bits = "1" * done + "0" * (pieces - done)
+    bits += "0" * (-len(bits) % 8)
+    return "".join(f"{int(bits[i : i + 8], 2):02x}" for i in range(0, len(bits), 8))
 
 
 def global_stat(*, speed: int, active: int, waiting: int, stopped: int, stopped_total: int) -> dict[str, str]:

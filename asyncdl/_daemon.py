@@ -194,7 +194,9 @@ class Daemon:
             return
         if handle.finished:
             self.live.pop(tag.gid, None)
-            self._keep_result(tag, handle)
+            # As aria2: a download removed while it waited leaves no result, one that ran does.
+            if not (event == EVENT_STOP and handle.forgotten):
+                self._keep_result(tag, handle)
         self._notify(_NOTIFY[event], tag.gid)
         self.session_changed()
 
@@ -256,8 +258,16 @@ class Daemon:
         )
 
     def _find(self, params: list[Any]) -> tuple[str, DownloadHandle | None]:
-        gid = a2.check_gid(a2.param(params, 0, str))
-        return gid, self.live.get(gid)
+        """The GID of the first parameter and its live download (None: a stopped one).
+
+        A GID that is neither live nor stopped gets aria2's answer, whatever the method.
+        """
+        given = a2.param(params, 0, str)
+        gid = a2.check_gid(given)
+        handle = self.live.get(gid)
+        if handle is None and gid not in self.stopped:
+            raise RpcError(f"GID {given} is not found")
+        return gid, handle
 
     def _view_of(self, gid: str, handle: DownloadHandle | None, missing: str) -> View:
         if handle is not None:

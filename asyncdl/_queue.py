@@ -10,18 +10,20 @@
 
 The queue runs nothing itself: it hands its downloads, in queue order, to the Downloader's pool
 (``_pool.Pool``), where the host-aware scheduler runs them beside those of ``download()`` and
-``stream()``, ``jobs`` at once. It keeps the order of what has not been handed over yet
-(``waiting``, paused items keeping their place) and hands over only while the scheduler's
-lookahead window has room, so a queue of 100,000 stays in this list. A paused download is a
-submission withdrawn (waiting) or cancelled (running), submitted again on resume: it continues from
-the bytes on disk. Reordering takes the queue's submissions that still wait back and hands them over
-again in the new order. An item's name is decided when it is first handed over and kept across
-pauses, so a resumed item finds its temporary file. Finished handles leave the queue.
+``stream()``, ``jobs`` at once. ``waiting`` holds the waiting and paused items in queue order; an item
+handed over stays there, at its place, until its first attempt starts. Items are handed over only
+while the scheduler's lookahead window has room, so a queue of 100,000 stays in this list. A paused
+download is a submission withdrawn (not started yet, or between attempts) or cancelled (running),
+handed over again on resume: it continues from the bytes on disk. Reordering withdraws the
+submissions that have not started and hands them over again in the new order. An item's name is
+decided when it is first handed over and kept across pauses, so a resumed item finds its temporary
+file. Finished handles leave the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -30,7 +32,7 @@ from typing import Any
 
 from ._download import Engine, Job, Plan
 from ._files import TempFile
-from ._hosts import Retry, Signal, State
+from ._hosts import Retry, Signal
 from ._models import Request, Result, Status
 from ._pool import Pool, Submission
 from ._urls import redact_url
@@ -73,6 +75,7 @@ class DownloadHandle:
         "_queue",
         "_samples",
         "_status",
+        "_stopped_running",
         "_stopping",
         "_submission",
         "_total",
@@ -93,6 +96,7 @@ class DownloadHandle:
         self._submission: Submission[Result] | None = None
         self._announced = False  # the start of this submission was told to the listeners
         self._stopping: str | None = None  # why the running download is being cancelled
+        self._stopped_running = False  # it was cancelled while running
         self._future: asyncio.Future[Result] | None = None
         self._done = 0  # bytes on disk when not running
         self._total: int | None = None
@@ -106,10 +110,8 @@ class DownloadHandle:
         ``active`` covers a download between attempts (waiting to retry), as in aria2.
         """
         if self._status == _SUBMITTED:
-            # Being paused or cancelled, it is active until its attempt has ended (as in aria2).
-            submission = self._submission
-            assert submission is not None and submission.ticket is not None
-            return WAITING if submission.ticket.state is State.WAITING else ACTIVE
+            # Started (also between attempts, and while being paused or cancelled): active, as in aria2.
+            return ACTIVE if self._announced else WAITING
         if self.result is not None and self._status != CANCELLED:
             return self.result.status.value
         return self._status
@@ -117,6 +119,11 @@ class DownloadHandle:
     @property
     def finished(self) -> bool:
         return self.result is not None
+
+    @property
+    def forgotten(self) -> bool:
+        """Cancelled while it was not running (it waited, or was paused)."""
+        return self._status == CANCELLED and self._stopped_running is False
 
     @property
     def pausing(self) -> bool:
@@ -202,9 +209,7 @@ class _Announced:
     async def step(self, down: str | None = None, proven: Callable[[], None] | None = None) -> Result | Retry:
         handle = self.handle
         if not handle._announced:
-            handle._announced = True
-            handle._samples = None
-            self.queue._emit(handle, EVENT_START)
+            self.queue._started(handle)
         return await self.job.step(down, proven)
 
     def abandon(self) -> None:
@@ -220,12 +225,14 @@ class LiveQueue:
     def __init__(self, engine: Engine, pool: Pool[Result]) -> None:
         self.engine = engine
         self.pool = pool
-        self.waiting: list[DownloadHandle] = []  # not handed over yet, in order; paused ones too
+        # Waiting and paused items in queue order, those handed over to the pool included until they
+        # start (then they leave it).
+        self.waiting: list[DownloadHandle] = []
         self.submitted: dict[DownloadHandle, Submission[Result]] = {}  # in the pool, in hand-over order
         self._listeners: list[Listener] = []
         self._closing = False
-        # How many items of ``waiting`` are not paused: with none, there is nothing to hand over (a
-        # queue of paused items is not scanned at every change).
+        # How many items of ``waiting`` are neither paused nor handed over: with none, there is nothing
+        # to hand over (a queue of paused items is not scanned at every change).
         self._ready = 0
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -242,15 +249,15 @@ class LiveQueue:
     @property
     def active(self) -> list[DownloadHandle]:
         """Running downloads, and those between attempts."""
-        return [h for h in self.submitted if h.status == ACTIVE]
+        return [h for h in self.submitted if h._announced]
 
     def items(self) -> list[DownloadHandle]:
-        """Every unfinished item: those handed over (in that order), then those not yet."""
-        return [*self.submitted, *self.waiting]
+        """Every unfinished item: the active ones, then the waiting and paused ones in order."""
+        return [*self.active, *self.waiting]
 
     def waiting_items(self) -> list[DownloadHandle]:
-        """Waiting and paused items in queue order: first those handed over and waiting there."""
-        return [h for h in self.submitted if h.status == WAITING] + self.waiting
+        """Waiting and paused items in queue order."""
+        return list(self.waiting)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(handle, event)`` on start, pause, stop (cancel), complete and error."""
@@ -275,7 +282,7 @@ class LiveQueue:
 
     def position(self, handle: DownloadHandle) -> int:
         """The place of a waiting or paused item in the queue; ValueError if it is not waiting."""
-        return self.waiting_items().index(handle)
+        return self.waiting.index(handle)
 
     def move(self, handle: DownloadHandle, dest: int) -> int:
         """Move a waiting or paused item to index ``dest`` (clamped) of the queue; its new index."""
@@ -287,14 +294,10 @@ class LiveQueue:
         return dest
 
     def _take_back(self) -> None:
-        """Withdraw the submissions that still wait in the pool, back to the head of ``waiting``."""
-        back = [
-            h for h, s in self.submitted.items() if s.ticket is not None and s.ticket.state is State.WAITING
-        ]
-        for handle in back:
-            self._withdraw(handle)
-        self.waiting[:0] = back
-        self._ready += len(back)
+        """Withdraw the submissions that have not started: they are handed over again in order."""
+        for handle in [h for h in self.submitted if not h._announced]:
+            if self._withdraw(handle):
+                self._ready += 1
 
     def _withdraw(self, handle: DownloadHandle) -> bool:
         submission = self.submitted.get(handle)
@@ -316,9 +319,11 @@ class LiveQueue:
             return True
         if handle._status != _SUBMITTED:
             return False
-        if self._withdraw(handle):  # it waited in the pool, or between attempts
+        started = handle._announced
+        if self._withdraw(handle):  # it waited in the pool (keeping its place), or between attempts
             handle._status = PAUSED
-            self.waiting.insert(0, handle)
+            if started:
+                self.waiting.insert(0, handle)  # as aria2: a paused download heads the queue
             self._emit(handle, EVENT_PAUSE)
             self._fill()
             return True
@@ -336,12 +341,13 @@ class LiveQueue:
     def cancel(self, handle: DownloadHandle) -> bool:
         if handle.result is not None or handle._stopping == CANCELLED:
             return False
-        if handle._status == _SUBMITTED and not self._withdraw(handle):
+        handed_over = handle._status == _SUBMITTED
+        if handed_over and not self._withdraw(handle):
             self._stop(handle, CANCELLED)  # running (or being paused): stopped, then cleaned up
             return True
         if handle in self.waiting:
             self.waiting.remove(handle)
-            if handle._status == WAITING:
+            if handle._status == WAITING and not handed_over:
                 self._ready -= 1
         self._finish_cancelled(handle)
         if handle.plan is not None:
@@ -366,9 +372,14 @@ class LiveQueue:
         del self.submitted[handle]
         handle._submission = None
         reason, handle._stopping = handle._stopping, None
+        started = handle._announced
+        if not started:
+            # Cancelled before its first step: it is still in the list, at its place.
+            self.waiting.remove(handle)
         if reason == CANCELLED:
             assert handle.plan is not None
             await _discard(handle.plan)
+            handle._stopped_running = started
             self._finish_cancelled(handle)
         elif reason == PAUSED:
             handle._status = PAUSED
@@ -409,12 +420,10 @@ class LiveQueue:
         index = 0
         while self._ready and index < len(self.waiting) and (scheduler.room() or not self.submitted):
             handle = self.waiting[index]
-            if handle._status == PAUSED:
-                index += 1
-                continue
-            del self.waiting[index]
-            self._ready -= 1
-            self._submit(handle)
+            index += 1
+            if handle._status == WAITING:
+                self._ready -= 1
+                self._submit(handle)
 
     def _submit(self, handle: DownloadHandle) -> None:
         if handle.plan is None:
@@ -430,6 +439,14 @@ class LiveQueue:
         self.submitted[handle] = submission
         submission.future.add_done_callback(lambda future: self._on_done(handle, submission, future))
 
+    def _started(self, handle: DownloadHandle) -> None:
+        """Its first attempt begins: it leaves the waiting list."""
+        handle._announced = True
+        handle._samples = None
+        with contextlib.suppress(ValueError):  # (it is there, unless a programming error says otherwise)
+            self.waiting.remove(handle)
+        self._emit(handle, EVENT_START)
+
     def _on_done(
         self, handle: DownloadHandle, submission: Submission[Result], future: asyncio.Future[Result]
     ) -> None:
@@ -438,6 +455,9 @@ class LiveQueue:
         del self.submitted[handle]
         handle._submission = None
         handle._stopping = None
+        if not handle._announced:  # it ended without a step (the pool failed it): out of the list
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(handle)
         exc = future.exception()
         if exc is not None:  # a programming error inside the download: a failed Result still
             request = handle.request

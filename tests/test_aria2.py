@@ -12,6 +12,7 @@ from asyncdl._aria2 import (
     RpcError,
     SessionEntry,
     View,
+    bitfield,
     check_gid,
     error_code_of,
     file_entries,
@@ -131,6 +132,7 @@ def test_status_dict_sends_numbers_as_strings() -> None:
     assert status["downloadSpeed"] == "1000"
     assert status["connections"] == "1"
     assert status["dir"] == "/srv/dl"
+    assert (status["pieceLength"], status["numPieces"], status["bitfield"]) == ("1048576", "1", "00")
     assert "errorCode" not in status  # only stopped downloads carry one
     numbers = {k: v for k, v in status.items() if k not in ("gid", "status", "dir", "files")}
     assert all(isinstance(v, str) and v.isdigit() for v in numbers.values())
@@ -148,6 +150,14 @@ def test_status_dict_sends_numbers_as_strings() -> None:
     }
     assert file_entries(VIEW) == status["files"]
     assert uri_entries(VIEW) == one["uris"]
+
+
+def test_bitfield_counts_pieces_done_from_the_start() -> None:
+    mib = 1024 * 1024
+    assert bitfield(10 * mib, 3 * mib + 5) == "e000"  # 3 of 10 pieces: 11100000 00000000
+    assert bitfield(10 * mib, 10 * mib) == "ffc0"
+    assert bitfield(300_000, 300_000) == "80"  # aria2's answer for a complete 300,000-byte file
+    assert bitfield(8 * mib, 8 * mib - 1) == "fe"
 
 
 def test_keys_filter_sends_only_what_was_asked() -> None:

@@ -101,7 +101,7 @@ def test_aria2p_lists_pauses_resumes_removes_and_purges(files: ThreadedFaultServ
         assert api.client.tell_status(gone.gid, ["errorCode"])["errorCode"] == "31"
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
-        # aria2p's remove() also drops the result of what it removed: a waiting download disappears.
+        # A download removed while it waits leaves no result (as in aria2): it disappears.
         files.route("/never.bin", body=b"never")
         never = api.add_uris([files.url("/never.bin")], options={"pause": "true"})
         assert all(api.remove([never]))
@@ -111,7 +111,7 @@ def test_aria2p_lists_pauses_resumes_removes_and_purges(files: ThreadedFaultServ
         assert api.purge()
         assert api.client.tell_stopped(0, 10) == []
         stat = api.get_stats()
-        assert (stat.num_active, stat.num_waiting, stat.num_stopped, stat.num_stopped_total) == (0, 0, 0, 6)
+        assert (stat.num_active, stat.num_waiting, stat.num_stopped, stat.num_stopped_total) == (0, 0, 0, 5)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "held.bin",
         "w1.bin",
@@ -154,7 +154,7 @@ def test_multicall_and_batch(files: ThreadedFaultServer, tmp_path: Path) -> None
         gid = answers[0][0]
         assert len(gid) == 16
         assert answers[1][0]["version"]
-        assert answers[2] == {"code": 1, "message": "No such download for GID#0123456789abcdef"}
+        assert answers[2] == {"code": 1, "message": "GID 0123456789abcdef is not found"}
         assert answers[3] == {"code": 1, "message": "No such method: aria2.nonsense"}
         # A multicall with a wrong secret in one call: that call alone is refused.
         raw = daemon.call(
@@ -263,7 +263,8 @@ def test_errors_are_aria2s(files: ThreadedFaultServer, tmp_path: Path) -> None:
         assert "404" in status["errorMessage"]
         for method, params, message in [
             ("aria2.tellStatus", ["zz"], "Invalid GID zz"),
-            ("aria2.pause", ["0123456789abcdef"], "GID#0123456789abcdef cannot be paused now"),
+            ("aria2.pause", ["0123456789abcdef"], "GID 0123456789abcdef is not found"),
+            ("aria2.pause", [gid], f"GID#{gid} cannot be paused now"),
             ("aria2.unpause", [gid], f"GID#{gid} cannot be unpaused now"),
             ("aria2.remove", [gid], f"Active Download not found for GID#{gid}"),
             ("aria2.addUri", [[]], "URI is not provided."),
