@@ -193,6 +193,7 @@ class Origin:
     dead_rounds: int = 0  # ... of them, rounds without an answer (see _DEAD_SIGNALS)
     down_until: float = 0.0
     down_reason: str = ""
+    ready_seq: int | None = None  # the seq of its live entry in the scheduler's ready heap
 
     def limit(self, max_per_host: int | None) -> int | None:
         if self.cap is None:
@@ -256,17 +257,14 @@ class Scheduler:
         self._expire(now)
         ready = self._ready
         while ready:
-            seq, key = ready[0]
+            seq, key = heapq.heappop(ready)
             state = self._origins.get(key)
-            if state is None or not state.queue or not self._may_start(state, now):
-                heapq.heappop(ready)  # pushed again when it can start
-                continue
-            head = state.queue[0]
-            if head.seq != seq:
-                heapq.heapreplace(ready, (head.seq, key))
-                continue
-            heapq.heappop(ready)
-            heapq.heappop(state.queue)
+            if state is None or state.ready_seq != seq:
+                continue  # an entry made stale by a later one for the same origin
+            state.ready_seq = None
+            if not state.queue or not self._may_start(state, now):
+                continue  # marked ready again when it can start
+            head = heapq.heappop(state.queue)
             self.waiting -= 1
             state.active += 1
             self.running += 1
@@ -274,7 +272,7 @@ class Scheduler:
             head.round = state.rounds
             head.down = state.down_reason if now < state.down_until else None
             if state.queue and self._may_start(state, now):
-                heapq.heappush(ready, (state.queue[0].seq, key))
+                self._mark_ready(state)
             return head
         return None
 
@@ -306,6 +304,8 @@ class Scheduler:
             state.queue.remove(ticket)
             heapq.heapify(state.queue)
             self.waiting -= 1
+            if state.queue:
+                self._mark_ready(state)
         elif ticket.state is State.PARKED:
             assert state is not None
             state.parked -= 1
@@ -337,7 +337,7 @@ class Scheduler:
                     state.cap = None
                     state.suspect = False
                 if state.queue:
-                    heapq.heappush(self._ready, (state.queue[0].seq, state.key))  # may start more now
+                    self._mark_ready(state)  # may start more now
             return
         if signal is Signal.RETRY_AFTER:
             self._block(state, now + max(0.0, retry_after or 0.0))
@@ -379,18 +379,25 @@ class Scheduler:
         limit = state.limit(self.rules.max_per_host)
         return limit is None or state.active < limit
 
+    def _mark_ready(self, state: Origin) -> None:
+        """``state`` may be able to start its first ticket: one entry in the ready heap, keyed by it."""
+        head = state.queue[0].seq
+        if state.ready_seq != head:
+            state.ready_seq = head
+            heapq.heappush(self._ready, (head, state.key))
+
     def _enqueue(self, ticket: Ticket, state: Origin) -> None:
         queue = state.queue
         heapq.heappush(queue, ticket)
         if queue[0] is ticket:
-            heapq.heappush(self._ready, (ticket.seq, state.key))
+            self._mark_ready(state)
 
     def _release(self, ticket: Ticket) -> None:
         self.running -= 1
         state = self._origins[ticket.origin]
         state.active -= 1
         if state.queue:
-            heapq.heappush(self._ready, (state.queue[0].seq, state.key))
+            self._mark_ready(state)
         self._forget(state)
 
     def _block(self, state: Origin, until: float) -> None:
@@ -414,7 +421,7 @@ class Scheduler:
                 continue  # held back again since
             state.blocked_until = 0.0
             if state.queue:
-                heapq.heappush(self._ready, (state.queue[0].seq, key))
+                self._mark_ready(state)
             else:
                 self._forget(state)
 
@@ -434,7 +441,7 @@ class Scheduler:
             if ticket.state is State.PARKED and ticket.origin == state.key:
                 self._unpark(ticket)
         if state.queue:
-            heapq.heappush(self._ready, (state.queue[0].seq, state.key))
+            self._mark_ready(state)
 
     def _forget(self, state: Origin | None) -> None:
         """Drop idle origins that carry no state worth keeping, now and then."""
