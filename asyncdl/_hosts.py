@@ -158,7 +158,19 @@ class State(enum.Enum):
 class Ticket:
     """One download in the scheduler. ``job`` and ``owner`` are the pool's; the rest is ours."""
 
-    __slots__ = ("down", "job", "not_before", "origin", "owner", "round", "seq", "state", "task")
+    __slots__ = (
+        "down",
+        "job",
+        "not_before",
+        "origin",
+        "owner",
+        "proving",
+        "round",
+        "seq",
+        "started",
+        "state",
+        "task",
+    )
 
     def __init__(self, seq: int, job: Any, origin: str, owner: Any) -> None:
         self.seq = seq
@@ -169,7 +181,9 @@ class Ticket:
         self.not_before = 0.0
         self.round = 0  # its origin's failure rounds when it was taken
         self.down: str | None = None  # set by take(): its origin is down, and why
+        self.proving = False  # set by take(): its origin has not earned all its slots yet
         self.task: Any = None  # the pool's: the task running it
+        self.started = False  # the pool's: that task has begun (a cancel then reaches its code)
 
     def __lt__(self, other: Ticket) -> bool:
         return self.seq < other.seq
@@ -233,6 +247,10 @@ class Scheduler:
     def free_slots(self) -> int:
         return self.jobs - self.running
 
+    def timed(self) -> bool:
+        """Whether a time is waited for (a parked ticket, an origin held back): see wake_at()."""
+        return bool(self._timers or self._blocks)
+
     def wake_at(self) -> float | None:
         """The earliest time at which take() may find work because time passed (None: no timer)."""
         times = []
@@ -271,6 +289,7 @@ class Scheduler:
             head.state = State.RUNNING
             head.round = state.rounds
             head.down = state.down_reason if now < state.down_until else None
+            head.proving = state.cap is not None
             if state.queue and self._may_start(state, now):
                 self._mark_ready(state)
             return head

@@ -334,7 +334,7 @@ class Pool(Generic[R]):
             while True:
                 if feed.results:
                     yield feed.results.popleft()
-                    if not feed.exhausted:
+                    if not feed.exhausted and self.scheduler.running < self.scheduler.jobs:
                         self.pump()  # room for one more result: the input may be read again
                     continue
                 if feed.error is not None:
@@ -421,9 +421,10 @@ class Pool(Generic[R]):
                 break
             task = self._loop.create_task(self._run(ticket))
             ticket.task = task
+            ticket.started = False
             self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._ended, ticket))
-        self._arm_timer()
+        if scheduler.timed():
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         at = self.scheduler.wake_at()
@@ -442,23 +443,30 @@ class Pool(Generic[R]):
         self.pump()
 
     async def _run(self, ticket: Ticket) -> None:
+        """One attempt of ``ticket``, then what it says goes to the scheduler. (No done-callback: a
+        task cancelled before it began never runs this, and whoever cancels it drops its ticket.)"""
+        ticket.started = True
         job: Steppable[R] = ticket.job
         owner: _Owner[R] = ticket.owner
         scheduler = self.scheduler
         try:
-            outcome = await job.step(ticket.down, functools.partial(self._proven, ticket))
+            # Only an origin that has not earned all its slots yet needs to hear of a good answer early.
+            proven = functools.partial(self._proven, ticket) if ticket.proving else None
+            outcome = await job.step(ticket.down, proven)
         except asyncio.CancelledError:
-            raise  # see _ended (a task cancelled before it started never gets here)
+            self._drop(ticket)
+            raise
         except BaseException as exc:
-            scheduler.finish(ticket)
-            owner.tickets.discard(ticket)
-            job.abandon()
+            self._drop(ticket)
             owner.fail(exc)
-            self.pump()
             return
+        finally:
+            self._tasks.discard(ticket.task)
         now = self._loop.time()
         signal = job.signal
-        if signal is not None:
+        if signal is Signal.OK:
+            scheduler.observe(ticket, signal, now)
+        elif signal is not None:
             error = outcome.error if isinstance(outcome, Retry) else getattr(outcome, "error", None)
             scheduler.observe(ticket, signal, now, retry_after=job.retry_after, reason=str(error or ""))
         if isinstance(outcome, Retry):
@@ -475,15 +483,26 @@ class Pool(Generic[R]):
             self.scheduler.observe(ticket, Signal.OK, self._loop.time())
             self.pump()
 
-    def _ended(self, ticket: Ticket, task: asyncio.Task[None]) -> None:
-        """A cancelled attempt gives its slot back (it may have been cancelled before it started)."""
-        self._tasks.discard(task)
-        if not task.cancelled() or ticket.state is not State.RUNNING:
+    def _drop(self, ticket: Ticket) -> None:
+        """A running ticket ends without a result (cancelled, or a programming error): its slot back."""
+        if ticket.state is not State.RUNNING:
             return
         self.scheduler.finish(ticket)
         ticket.owner.tickets.discard(ticket)
         ticket.job.abandon()
         self.pump()
+
+    def _cancel_task(self, ticket: Ticket) -> asyncio.Task[None] | None:
+        """Cancel the task of a running ticket; the task to wait for (None: it never began)."""
+        task: asyncio.Task[None] | None = ticket.task
+        if task is None or task.done():
+            return None
+        task.cancel()
+        if ticket.started:
+            return task
+        self._tasks.discard(task)  # its code never runs: the ticket is dropped here
+        self._drop(ticket)
+        return None
 
     def withdraw(self, submission: Submission[R]) -> bool:
         """Take a submitted download that waits or is parked out at once (True; its result future is
@@ -507,9 +526,8 @@ class Pool(Generic[R]):
             if self.scheduler.withdraw(ticket):
                 owner.tickets.discard(ticket)
                 ticket.job.abandon()
-            elif ticket.task is not None and not ticket.task.done():
-                ticket.task.cancel()
-                running.append(ticket.task)
+            elif (task := self._cancel_task(ticket)) is not None:
+                running.append(task)
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         self.pump()
