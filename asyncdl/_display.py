@@ -22,10 +22,11 @@ from rich.text import Text
 from ._progress import ActiveDownload, Progress, Renderer, Snapshot, format_bytes, format_duration
 
 _RATE_WINDOW_S = 3.0
-_NAME_WIDTH = 30
-_BYTES_WIDTH = 21  # "1023.9 MiB / 1023.9 MiB"
+_NAME_WIDTH = (12, 30)  # narrowest, widest
+_BAR_WIDTH = (8, 40)
+_BYTES_WIDTH = 23  # "1023.9 MiB / 1023.9 MiB"
 _RATE_WIDTH = 12  # "1023.9 KiB/s"
-_ETA_WIDTH = 11  # "ETA 12:34:56"
+_ETA_WIDTH = 12  # "ETA 12:34:56"
 
 
 class RateMeter:
@@ -91,9 +92,17 @@ def counts_text(snap: Snapshot) -> str:
     return " · ".join(parts)
 
 
-def _grid(bar_width: int) -> Table:
+def column_widths(width: int) -> tuple[int, int]:
+    """The widths of the name and the bar on a terminal ``width`` columns wide: the bytes, the rate and
+    the ETA keep theirs; the name and the bar share the rest, within their bounds."""
+    rest = width - (_BYTES_WIDTH + _RATE_WIDTH + _ETA_WIDTH + 4) - 1  # 4 gaps; the last column free
+    name = max(_NAME_WIDTH[0], min(_NAME_WIDTH[1], rest // 2))
+    return name, max(_BAR_WIDTH[0], min(_BAR_WIDTH[1], rest - name))
+
+
+def _grid(name_width: int, bar_width: int) -> Table:
     grid = Table.grid(padding=(0, 1))
-    grid.add_column(width=_NAME_WIDTH, no_wrap=True, overflow="ellipsis")
+    grid.add_column(width=name_width, no_wrap=True, overflow="ellipsis")
     grid.add_column(width=bar_width, no_wrap=True)
     grid.add_column(width=_BYTES_WIDTH, justify="right", no_wrap=True)
     grid.add_column(width=_RATE_WIDTH, justify="right", no_wrap=True)
@@ -113,8 +122,8 @@ def _eta(seconds: float | None) -> str:
 
 def render(snap: Snapshot, rates: dict[Hashable, float], *, width: int, max_rows: int = 12) -> RenderableType:
     """The whole run (files and bytes, rate, ETA, counts) and a row per active download."""
-    bar_width = max(10, min(40, width - (_NAME_WIDTH + _BYTES_WIDTH + _RATE_WIDTH + _ETA_WIDTH + 4)))
-    overall = _grid(bar_width)
+    name_width, bar_width = column_widths(width)
+    overall = _grid(name_width, bar_width)
     expected = snap.expected_files
     files = f"{snap.finished}/{expected} files" if expected is not None else f"{snap.finished} files"
     if expected:
@@ -131,7 +140,7 @@ def render(snap: Snapshot, rates: dict[Hashable, float], *, width: int, max_rows
         f"{format_bytes(snap.rate_bps)}/s",
         _eta(run_eta(snap)),
     )
-    rows = _grid(bar_width)
+    rows = _grid(name_width, bar_width)
     shown = sorted(snap.active, key=lambda e: e.key)[:max_rows]
     for entry in shown:
         rate = rates.get(entry_key(entry))

@@ -71,6 +71,29 @@ def test_a_bar_for_the_run_and_each_download_with_bytes_rate_and_eta() -> None:
     assert re.search(r"slow\.txt +waiting$", slow)
 
 
+def test_an_80_column_terminal_gets_every_figure_whole() -> None:
+    clock = FakeClock()
+    progress = Progress(clock=clock)
+    progress.expected_files = 300
+    key = progress.start("http://h/a", "a-rather-long-file-name-for-a-terminal.iso")
+    progress.begin(key, done=0, total=1023 * 1024 * 1024)
+    stream = progress.start("http://h/s", "stream.log")
+    progress.begin(stream, done=0, total=None)
+    meter = RateMeter()
+    meter.observe(progress.snapshot().active, 0.0)
+    clock.now += 1
+    progress.advance(key, 1000 * 1024 * 1024)
+    progress.advance(stream, 1023 * 1024 + 900)
+    snap = progress.snapshot()
+
+    lines = _text(snap, meter.observe(snap.active, snap.elapsed_s), width=80)
+
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[2].startswith("  a-rather-lo\u2026") and BAR in lines[2]
+    assert lines[2].endswith("1000.0 MiB / 1023.0 MiB 1000.0 MiB/s ETA 0:00")
+    assert lines[3].endswith("1023.9 KiB 1023.9 KiB/s")
+
+
 def test_at_most_twelve_downloads_are_listed_and_the_rest_counted() -> None:
     progress = Progress(clock=FakeClock())
     for n in range(15):
