@@ -255,6 +255,8 @@ class Daemon:
             connections=1 if status == ACTIVE else 0,
             error_code=error_code,
             error_message=error_message,
+            # As aria2: a URI is "used" once tried; before the first attempt all are "waiting".
+            spent_uris=1 if handle.finished or status == ACTIVE or done > 0 else 0,
         )
 
     def _find(self, params: list[Any]) -> tuple[str, DownloadHandle | None]:

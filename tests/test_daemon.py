@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -294,3 +295,36 @@ def test_stopped_results_are_bounded_oldest_dropped_first(files: ThreadedFaultSe
         assert [d["gid"] for d in api.client.tell_stopped(0, 10, ["gid"])] == [gids[4]]
         assert api.client.remove_download_result(gids[4]) == "OK"
         assert api.client.tell_stopped(0, 10) == []
+
+
+def test_options_uris_files_and_shutdown(files: ThreadedFaultServer, tmp_path: Path) -> None:
+    files.route("/o.bin", body=b"o" * 2000)
+    files.route("/mirror/o.bin", body=b"o" * 2000)
+    session = tmp_path / "session.txt"
+    with asyncdl_daemon(tmp_path / "root", "--save-session", str(session)) as daemon:
+        uris = [files.url("/o.bin"), files.url("/mirror/o.bin")]
+        gid = daemon.result("aria2.addUri", uris, {"out": "first.bin", "pause": "true", "split": "1"})
+        assert daemon.result("aria2.getUris", gid) == [  # not tried yet (as aria2c)
+            {"uri": uris[0], "status": "waiting"},
+            {"uri": uris[1], "status": "waiting"},
+        ]
+        # Options changed before it starts apply to it: a new name, a checksum.
+        digest = "sha-256=" + hashlib.sha256(b"o" * 2000).hexdigest()
+        assert daemon.result("aria2.changeOption", gid, {"out": "renamed.bin", "checksum": digest}) == "OK"
+        options = daemon.result("aria2.getOption", gid)
+        assert (options["out"], options["checksum"], options["split"]) == ("renamed.bin", digest, "1")
+        assert options["dir"] == str((tmp_path / "root").resolve())
+        assert daemon.result("aria2.unpause", gid) == gid
+        until(lambda: daemon.result("aria2.tellStatus", gid, ["status"])["status"] == "complete")
+        (entry,) = daemon.result("aria2.getFiles", gid)
+        assert [u["status"] for u in entry["uris"]] == ["used", "waiting"]
+        assert Path(entry["path"]) == (tmp_path / "root" / "renamed.bin").resolve()
+        assert (entry["length"], entry["completedLength"], entry["selected"]) == ("2000", "2000", "true")
+        assert daemon.result("aria2.getOption", gid)["out"] == "renamed.bin"  # kept for stopped ones too
+        session_id = daemon.result("aria2.getSessionInfo")["sessionId"]
+        assert len(session_id) == 40 and int(session_id, 16) >= 0
+        later = daemon.result("aria2.addUri", [files.url("/o.bin")], {"pause": "true", "out": "later.bin"})
+        assert daemon.result("aria2.shutdown") == "OK"
+        assert daemon.process.wait(20) == 0  # it stops by itself, after answering
+    assert (tmp_path / "root" / "renamed.bin").read_bytes() == b"o" * 2000
+    assert f" gid={later}\n" in session.read_text()  # the session is saved at the end
