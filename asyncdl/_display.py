@@ -131,7 +131,7 @@ def render(snap: Snapshot, rates: dict[Hashable, float], *, width: int, max_rows
     else:  # without the input's count, the bytes of the downloads seen so far
         done, total = float(snap.bytes_done), float(snap.bytes_total or 0)
     size = format_bytes(snap.bytes_done)
-    if snap.bytes_total and not expected:
+    if snap.bytes_total:  # every size seen so far is known
         size += f" / {format_bytes(snap.bytes_total)}"
     overall.add_row(
         Text(f"all: {files}", style="bold"),

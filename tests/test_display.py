@@ -94,6 +94,19 @@ def test_an_80_column_terminal_gets_every_figure_whole() -> None:
     assert lines[3].endswith("1023.9 KiB 1023.9 KiB/s")
 
 
+def test_the_run_shows_bytes_of_the_known_total_once_every_size_seen_is_known() -> None:
+    progress = Progress(clock=FakeClock())
+    progress.expected_files = 3
+    a = progress.start("http://h/a", "a")
+    progress.begin(a, done=0, total=3 * 1024 * 1024)
+    b = progress.start("http://h/b", "b")
+    progress.advance(a, 1024 * 1024)
+    overall = _text(progress.snapshot(), {})[0]
+    assert "1.0 MiB" in overall and " / " not in overall  # b's size is not known yet
+    progress.begin(b, done=0, total=1024 * 1024)
+    assert re.search(r"files +.*1\.0 MiB / 4\.0 MiB", _text(progress.snapshot(), {})[0])
+
+
 def test_at_most_twelve_downloads_are_listed_and_the_rest_counted() -> None:
     progress = Progress(clock=FakeClock())
     for n in range(15):
