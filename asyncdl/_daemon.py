@@ -294,11 +294,10 @@ class Daemon:
         kept = {k: v for k, v in options.items() if k not in ("gid", "pause")}
         if gid is None or gid in self.live or gid in self.stopped:
             gid = a2.new_gid(lambda g: g in self.live or g in self.stopped)
-        handle = self.dl.add(request, position=position, paused=True)
+        # Tagged at once: the queue tells its listeners of a start only at the first attempt, later.
+        handle = self.dl.add(request, position=position, paused=paused)
         handle.tag = _Tag(gid, kept or None)
         self.live[gid] = handle
-        if not paused:
-            handle.resume()
         self.session_changed()
         return gid
 

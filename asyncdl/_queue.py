@@ -23,7 +23,6 @@ file. Finished handles leave the queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -234,6 +233,9 @@ class LiveQueue:
         # How many items of ``waiting`` are neither paused nor handed over: with none, there is nothing
         # to hand over (a queue of paused items is not scanned at every change).
         self._ready = 0
+        # Every item of ``waiting`` before this index is handed over or paused: _fill() starts here,
+        # not at the head (past up to a lookahead window of handed-over items at every change).
+        self._hint = 0
         self._tasks: set[asyncio.Future[None]] = set()
 
     # --- configuration and reading ---
@@ -290,6 +292,7 @@ class LiveQueue:
         self.waiting.remove(handle)
         dest = max(0, min(dest, len(self.waiting)))
         self.waiting.insert(dest, handle)
+        self._hint = 0
         self._fill()
         return dest
 
@@ -298,6 +301,7 @@ class LiveQueue:
         for handle in [h for h in self.submitted if not h._announced]:
             if self._withdraw(handle):
                 self._ready += 1
+        self._hint = 0
 
     def _withdraw(self, handle: DownloadHandle) -> bool:
         submission = self.submitted.get(handle)
@@ -324,6 +328,7 @@ class LiveQueue:
             handle._status = PAUSED
             if started:
                 self.waiting.insert(0, handle)  # as aria2: a paused download heads the queue
+                self._hint += 1
             self._emit(handle, EVENT_PAUSE)
             self._fill()
             return True
@@ -335,6 +340,7 @@ class LiveQueue:
             return False
         handle._status = WAITING
         self._ready += 1
+        self._hint = 0
         self._fill()
         return True
 
@@ -345,10 +351,8 @@ class LiveQueue:
         if handed_over and not self._withdraw(handle):
             self._stop(handle, CANCELLED)  # running (or being paused): stopped, then cleaned up
             return True
-        if handle in self.waiting:
-            self.waiting.remove(handle)
-            if handle._status == WAITING and not handed_over:
-                self._ready -= 1
+        if self._unlist(handle) and handle._status == WAITING and not handed_over:
+            self._ready -= 1
         self._finish_cancelled(handle)
         if handle.plan is not None:
             # It may have bytes on disk (paused, or withdrawn between attempts): they go too.
@@ -375,7 +379,7 @@ class LiveQueue:
         started = handle._announced
         if not started:
             # Cancelled before its first step: it is still in the list, at its place.
-            self.waiting.remove(handle)
+            self._unlist(handle)
         if reason == CANCELLED:
             assert handle.plan is not None
             await _discard(handle.plan)
@@ -384,11 +388,13 @@ class LiveQueue:
         elif reason == PAUSED:
             handle._status = PAUSED
             self.waiting.insert(0, handle)  # as aria2: a paused download heads the queue
+            self._hint += 1
             self._emit(handle, EVENT_PAUSE)
         else:  # the queue is closing: it waits again, its bytes kept
             handle._status = WAITING
             self._ready += 1
             self.waiting.insert(0, handle)
+            self._hint = 0
         self._fill()
 
     def _finish_cancelled(self, handle: DownloadHandle) -> None:
@@ -417,13 +423,15 @@ class LiveQueue:
         if self._closing or not self._ready:
             return
         scheduler = self.pool.scheduler
-        index = 0
-        while self._ready and index < len(self.waiting) and (scheduler.room() or not self.submitted):
-            handle = self.waiting[index]
+        waiting = self.waiting
+        index = min(self._hint, len(waiting))
+        while self._ready and index < len(waiting) and (scheduler.room() or not self.submitted):
+            handle = waiting[index]
             index += 1
             if handle._status == WAITING:
                 self._ready -= 1
                 self._submit(handle)
+        self._hint = index
 
     def _submit(self, handle: DownloadHandle) -> None:
         if handle.plan is None:
@@ -439,12 +447,22 @@ class LiveQueue:
         self.submitted[handle] = submission
         submission.future.add_done_callback(lambda future: self._on_done(handle, submission, future))
 
+    def _unlist(self, handle: DownloadHandle) -> bool:
+        """Take ``handle`` out of ``waiting`` (False: it was not there), keeping the hint right."""
+        try:
+            index = self.waiting.index(handle)  # near the head, for an item that starts
+        except ValueError:
+            return False
+        del self.waiting[index]
+        if index < self._hint:
+            self._hint -= 1
+        return True
+
     def _started(self, handle: DownloadHandle) -> None:
         """Its first attempt begins: it leaves the waiting list."""
         handle._announced = True
         handle._samples = None
-        with contextlib.suppress(ValueError):  # (it is there, unless a programming error says otherwise)
-            self.waiting.remove(handle)
+        self._unlist(handle)
         self._emit(handle, EVENT_START)
 
     def _on_done(
@@ -456,8 +474,7 @@ class LiveQueue:
         handle._submission = None
         handle._stopping = None
         if not handle._announced:  # it ended without a step (the pool failed it): out of the list
-            with contextlib.suppress(ValueError):
-                self.waiting.remove(handle)
+            self._unlist(handle)
         exc = future.exception()
         if exc is not None:  # a programming error inside the download: a failed Result still
             request = handle.request
