@@ -660,7 +660,9 @@ def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -
     assert setup.ca_file is not None
     ca = str(setup.ca_file)
     if tool.startswith("asyncdl"):
-        return [*cmd, "--ca-certificate", ca] if setup.asyncdl_ca_option else cmd  # else SSL_CERT_FILE
+        return (
+            [*cmd, "--ca-certificate", ca] if _asyncdl_ca_option(tool, setup) else cmd
+        )  # else SSL_CERT_FILE
     if tool == "curl":
         return [cmd[0], "--cacert", ca, *cmd[1:]]
     if tool in ("wget", "aria2c"):
@@ -673,9 +675,15 @@ def tool_env(tool: str, dataset: Dataset, setup: ToolSetup, env: dict[str, str])
     SSL_CERT_FILE (which the default SSL context of Python loads)."""
     if tool == "asyncdl-base" and setup.baseline_root is not None:
         env = {**env, "PYTHONPATH": str(setup.baseline_root)}
-    if dataset.workload.tls and tool.startswith("asyncdl") and not setup.asyncdl_ca_option:
+    if dataset.workload.tls and tool.startswith("asyncdl") and not _asyncdl_ca_option(tool, setup):
         return {**env, "SSL_CERT_FILE": str(setup.ca_file)}
     return env
+
+
+def _asyncdl_ca_option(tool: str, setup: ToolSetup) -> bool:
+    """Whether this asyncdl takes --ca-certificate: the baseline (an older commit) is given
+    SSL_CERT_FILE, which every version honours."""
+    return setup.asyncdl_ca_option and tool != "asyncdl-base"
 
 
 def _plain_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -> list[str]:
