@@ -70,7 +70,14 @@ class Downloader:
     ``max_filesize`` (bytes or ``"500M"``) fails a larger file at once; ``retry_on`` (``"403,520-524"``
     or statuses) adds statuses to retry. A download waiting for its next attempt holds no slot, and
     an origin that rate-limits, refuses or stalls is held back as a whole (see ``_hosts``).
-    ``jobs`` may be changed while downloads run (``dl.jobs = 4``).
+    ``jobs`` and ``limit_rate`` may be changed while downloads run (``dl.jobs = 4``,
+    ``dl.limit_rate = "2M"``).
+
+    The live queue: ``handle = dl.add(url_or_request)`` queues one download while others run and
+    returns a :class:`DownloadHandle` (``status``, ``progress``, ``pause()``, ``resume()``,
+    ``cancel()``, ``await handle``); ``dl.queue`` reorders waiting items (``move``) and tells
+    listeners of starts, pauses and ends. Its downloads share the scheduler with ``download()`` and
+    ``stream()``.
 
     Scale-out: ``ray="local"`` (start Ray here), ``"auto"`` (the running cluster) or
     ``"ray://HOST:PORT"`` runs the downloads on ``workers`` Ray actors (default: one per node),

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._api import DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Downloader
-from ._cli_common import EXIT_OK, Parser, header, non_negative_int, positive_int, rate, seconds
+from ._cli import _many_hosts_options, _network_options
+from ._cli_common import EXIT_OK, Parser, non_negative_int, positive_int, rate, seconds
 from ._daemon import DEFAULT_MAX_RESULTS, DaemonConfig, serve
 from ._exceptions import UsageError
 from ._version import __version__
@@ -48,18 +49,46 @@ def daemon_parser() -> argparse.ArgumentParser:
         "-i", "--input-file", metavar="FILE", help="queue the downloads of FILE at start (a saved session)"
     )
     parser.add_argument(
-        "-j", "--max-concurrent-downloads", "--jobs", dest="jobs", type=positive_int, default=DEFAULT_JOBS
+        "-j",
+        "--max-concurrent-downloads",
+        "--jobs",
+        dest="jobs",
+        type=positive_int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"downloads running at once (default: {DEFAULT_JOBS})",
     )
-    parser.add_argument("-x", "--connections", type=positive_int, default=1)
     parser.add_argument(
-        "--limit-rate", "--max-overall-download-limit", dest="limit_rate", type=rate, metavar="RATE"
+        "-x",
+        "--connections",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="connections for one large file",
     )
-    parser.add_argument("--max-download-result", type=positive_int, default=DEFAULT_MAX_RESULTS)
-    parser.add_argument("--header", type=header, action="append", default=[], metavar="'Name: value'")
-    parser.add_argument("--retries", type=non_negative_int, default=DEFAULT_RETRIES)
-    parser.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT_S)
-    parser.add_argument("-U", "--user-agent", metavar="UA")
-    parser.add_argument("--referer", metavar="URL")
+    parser.add_argument(
+        "--max-overall-download-limit", dest="overall_limit", type=rate, metavar="RATE", help="--limit-rate"
+    )
+    parser.add_argument(
+        "--max-download-result",
+        type=positive_int,
+        default=DEFAULT_MAX_RESULTS,
+        metavar="N",
+        help=f"stopped downloads kept, the oldest dropped first (default: {DEFAULT_MAX_RESULTS})",
+    )
+    parser.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="attempts after the first",
+    )
+    parser.add_argument(
+        "--timeout", type=seconds, default=DEFAULT_TIMEOUT_S, metavar="S", help="stall timeout in seconds"
+    )
+    # The download command's own option groups: every run option is a daemon option too.
+    _network_options(parser.add_argument_group("network"))
+    _many_hosts_options(parser.add_argument_group("many hosts"))
     parser.add_argument("-q", "--quiet", action="store_true", help="no messages but errors")
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     return parser
@@ -121,10 +150,17 @@ def daemon_main(
             connections=args.connections,
             retries=args.retries,
             timeout=args.timeout,
-            limit_rate=args.limit_rate,
+            limit_rate=args.overall_limit if args.overall_limit is not None else args.limit_rate,
             headers=headers,
             user_agent=args.user_agent,
             referer=args.referer,
+            cookies=args.load_cookies,
+            ca_certificate=args.ca_certificate,
+            verify=not args.no_check_certificate,
+            max_per_host=args.max_per_host,
+            lowest_speed_limit=args.lowest_speed_limit,
+            max_filesize=args.max_filesize,
+            retry_on=args.retry_on,
         )
         async with dl:
             await serve(

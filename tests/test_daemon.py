@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +330,28 @@ def test_options_uris_files_and_shutdown(files: ThreadedFaultServer, tmp_path: P
         assert daemon.process.wait(20) == 0  # it stops by itself, after answering
     assert (tmp_path / "root" / "renamed.bin").read_bytes() == b"o" * 2000
     assert f" gid={later}\n" in session.read_text()  # the session is saved at the end
+
+
+def test_run_options_reach_the_scheduler(files: ThreadedFaultServer, tmp_path: Path) -> None:
+    for name in ("s1", "s2"):
+        files.route(f"/{name}.bin", body=os.urandom(10_000), stall_after=10)
+    with asyncdl_daemon(tmp_path, "-j", "4", "--max-per-host", "1") as daemon:
+        first = daemon.result("aria2.addUri", [files.url("/s1.bin")])
+        second = daemon.result("aria2.addUri", [files.url("/s2.bin")])
+        until(lambda: daemon.result("aria2.tellStatus", first, ["status"])["status"] == "active")
+        # Four slots, but one download at a time for this origin: the second waits.
+        assert [a["gid"] for a in daemon.result("aria2.tellActive", ["gid"])] == [first]
+        assert daemon.result("aria2.tellStatus", second, ["status"])["status"] == "waiting"
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    for argv in ([], ["-d", str(tmp_path), "--rpc-listen-port", "x"], ["-d", str(tmp_path), "-i", "missing"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncdl", "daemon", *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, argv
+        assert "Traceback" not in done.stderr
