@@ -43,7 +43,7 @@ def test_the_page_adds_watches_pauses_and_resumes(
     small = os.urandom(200_000)
     files.route("/small.iso", body=small)
     slow = os.urandom(3 * 1024 * 1024)
-    files.route("/slow.iso", body=slow, rate=600_000)  # about 5 s: time to pause and resume it
+    files.route("/slow.iso", body=slow, rate=400_000)  # about 8 s: time to pause and resume it
     root = tmp_path / "root"
     with asyncdl_daemon(root, "--limit-rate", "8M") as daemon:
         page = browser.new_page(viewport={"width": 1100, "height": 560})  # type: ignore[attr-defined]
