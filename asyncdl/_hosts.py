@@ -360,6 +360,10 @@ class Scheduler:
             return
         if signal is Signal.RETRY_AFTER:
             self._block(state, now + max(0.0, retry_after or 0.0))
+            if not state.suspect:
+                # It answers at once and says when to come back: its own flow control; when that
+                # time comes, every download waiting for it may go (not 2 at first, then more).
+                state.cap = None
             return
         if signal not in _FAILURE_SIGNALS:
             return

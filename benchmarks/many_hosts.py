@@ -182,6 +182,7 @@ class Setup:
     healthy_urls: list[str]
     bad_urls: list[str]
     lists: dict[bool, Path] = field(default_factory=dict)  # with bad origins? -> URL list
+    aria2_lists: dict[bool, Path] = field(default_factory=dict)  # the same with out= (names repeat)
     curl_configs: dict[bool, Path] = field(default_factory=dict)
 
 
@@ -213,6 +214,12 @@ def make_lists(setup: Setup, out_root: Path) -> None:
         listing = setup.work / f"{name}.urls"
         listing.write_text("\n".join(urls) + "\n")
         setup.lists[with_bad] = listing
+        # Names repeat between origins (s0000.bin on each): aria2c, told not to rename, gets distinct ones.
+        aria2 = setup.work / f"{name}.aria2"
+        aria2.write_text(
+            "".join(f"{url}\n  out={i:05d}-{url.rsplit('/', 1)[1]}\n" for i, url in enumerate(urls))
+        )
+        setup.aria2_lists[with_bad] = aria2
         config = setup.work / f"{name}.curl"
         with open(config, "w") as handle:
             for i, url in enumerate(urls):
@@ -262,7 +269,7 @@ def command(tool: str, setup: Setup, with_bad: bool, out: Path, python: str) -> 
             "aria2c",
             "-q",
             "-i",
-            listing,
+            str(setup.aria2_lists[with_bad]),
             "-j",
             "16",
             "-d",
@@ -283,7 +290,7 @@ class Run:
     wall_s: float
     healthy_done_s: float | None
     files: int
-    exit_code: int
+    exit_code: int | None  # None: killed at --limit
 
 
 def last_healthy_answer(access_log: Path, since: float) -> float | None:
@@ -298,7 +305,7 @@ def last_healthy_answer(access_log: Path, since: float) -> float | None:
 
 
 def run_once(
-    tool: str, setup: Setup, with_bad: bool, python: str, bad: BadOrigins, env: dict[str, str]
+    tool: str, setup: Setup, with_bad: bool, python: str, bad: BadOrigins, env: dict[str, str], limit_s: float
 ) -> Run:
     out = setup.work / "out"
     shutil.rmtree(out, ignore_errors=True)
@@ -310,16 +317,21 @@ def run_once(
     bad.reset()
     os.sync()
     started = time.time()
-    done = subprocess.run(
+    proc = subprocess.Popen(
         command(tool, setup, with_bad, out, python),
         cwd=out,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        timeout=900,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        code: int | None = proc.wait(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # still going at the limit: the run is reported as killed
+        proc.wait(10)
+        code = None
     wall = time.time() - started
     time.sleep(0.3)  # nginx writes its log lines as answers end
     # Complete files (not the tools' temporary ones); curl also leaves what it got of a failed download.
@@ -328,7 +340,7 @@ def run_once(
         for p in out.iterdir()
         if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".aria2")
     ]
-    return Run(tool, with_bad, wall, last_healthy_answer(access_log, started), len(files), done.returncode)
+    return Run(tool, with_bad, wall, last_healthy_answer(access_log, started), len(files), code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="40 small files an origin, 8 MiB large ones, 4 bad URLs each"
     )
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--limit", type=float, default=300.0, help="seconds after which a run is killed (default 300)"
+    )
     args = parser.parse_args(argv)
     tools = [t for t in args.tools.split(",") if t == "asyncdl" or shutil.which(t)]
     quick = Scenario(small_files=40, large_size=8 * MiB, bad_each=4, retry_after_s=5)
@@ -388,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(args.rounds):
             for with_bad in (False, True):
                 for tool in tools:
-                    run = run_once(tool, setup, with_bad, args.python, bad, env)
+                    run = run_once(tool, setup, with_bad, args.python, bad, env, args.limit)
                     runs.append(run)
                     print(
                         f"round {round_number + 1} {tool:8} {'with' if with_bad else 'without'} bad: "
@@ -432,9 +447,10 @@ def print_table(runs: list[Run], tools: list[str], healthy: int, bad: int, scena
         b = median([r.healthy_done_s for r in mixed])
         ratio = f"{b / a:.2f}x" if a and b else "-"
         files = max(r.files for r in mixed) if mixed else 0
-        print(
-            f"| {tool} | {fmt(a)} | {fmt(b)} | {ratio} | {fmt(median([r.wall_s for r in mixed]))} | {files} |"
-        )
+        whole = fmt(median([r.wall_s for r in mixed]))
+        if any(r.exit_code is None for r in mixed):
+            whole = f"killed at {whole}"
+        print(f"| {tool} | {fmt(a)} | {fmt(b)} | {ratio} | {whole} | {files} |")
 
 
 if __name__ == "__main__":

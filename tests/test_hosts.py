@@ -75,6 +75,18 @@ def test_retry_after_holds_back_every_request_to_that_origin_not_others() -> Non
     assert jobs_of(take_all(scheduler, 30.0)) == ["a1", "a2"]  # the retried one first, in arrival order
 
 
+def test_after_a_retry_after_every_download_of_the_origin_may_go() -> None:
+    scheduler = Scheduler(jobs=16)
+    tickets = [scheduler.add(i, A) for i in range(10)]
+    first = take_all(scheduler, 0.0)
+    assert len(first) == 2  # a new origin
+    for ticket in first:
+        scheduler.observe(ticket, Signal.RETRY_AFTER, 0.0, retry_after=30.0)
+        scheduler.park(ticket, not_before=30.0)
+    assert take_all(scheduler, 29.0) == []
+    assert jobs_of(take_all(scheduler, 30.0)) == [t.job for t in tickets]  # all at once, in order
+
+
 def test_refused_backs_the_origin_off_by_rounds_not_by_downloads() -> None:
     rules = HostRules(initial_slots=16, backoff_base_s=1.0, backoff_max_s=8.0, down_after=10)
     scheduler = Scheduler(jobs=16, rules=rules)
