@@ -686,3 +686,13 @@ def test_round_trip(reqs: list[Request], indent: str, newline: str, comments: bo
     assert [item.source for item in parsed] == [f"rt:{n}" for n in starts]
     # The same text read as a file gives the same result.
     assert list(parse_lines(io.StringIO("".join(lines), newline=""), source="rt")) == reqs
+
+
+def test_the_readme_names_every_key_the_parser_knows() -> None:
+    from pathlib import Path
+
+    from asyncdl._urllist import _KNOWN_KEYS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### URL list format", 1)[1].split("\n### ", 1)[0]
+    assert [key for key in sorted(_KNOWN_KEYS) if f"`{key}=" not in section] == []
