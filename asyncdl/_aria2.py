@@ -418,7 +418,7 @@ def rate_option(options: Mapping[str, str | list[str]], key: str) -> int | None:
     digits = text[:-1] if text[-1:] in units else text
     try:
         number = int(float(digits) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "1e400", "inf"
         raise RpcError(f"{key} must be a rate such as 500K or 10M, not {value!r}") from None
     if number < 0:
         raise RpcError(f"{key} must not be negative")

@@ -127,7 +127,10 @@ class Daemon:
         """One HTTP body or WebSocket message: (HTTP status, JSON answer)."""
         try:
             request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            # A lone surrogate (``"\ud800"``) is valid JSON but no text: it could not be written to
+            # a file or the session. Deep nesting is refused rather than crash the parser.
+            json.dumps(request, ensure_ascii=False).encode()
+        except (ValueError, RecursionError):  # UnicodeError is a ValueError
             return 500, json.dumps(_error_answer(None, a2.PARSE_ERROR))
         if isinstance(request, list):  # a batch
             answers = [self._answer(item) for item in request]
