@@ -333,6 +333,37 @@ def option_strings(options: Mapping[Any, Any]) -> dict[str, str | list[str]]:
     return out
 
 
+# Shown as ``HIDDEN`` by getOption (the session file keeps them; answers never show them).
+_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
+HIDDEN = "***"
+
+
+def _shown_header(line: str) -> str:
+    name, sep, _ = line.partition(":")
+    return f"{name}: {HIDDEN}" if sep and name.strip().lower() in _SECRET_HEADERS else line
+
+
+def shown_options(options: Mapping[str, str | list[str]]) -> dict[str, str | list[str]]:
+    """``options`` as getOption answers them: passwords and credential headers as ``HIDDEN``."""
+    shown: dict[str, str | list[str]] = {}
+    for key, value in options.items():
+        if key.endswith("-passwd") or key == "rpc-secret":
+            shown[key] = HIDDEN
+        elif key == "header":
+            shown[key] = _shown_header(value) if isinstance(value, str) else [_shown_header(v) for v in value]
+        else:
+            shown[key] = value
+    return shown
+
+
+def unhidden_options(
+    given: Mapping[str, str | list[str]], current: Mapping[str, str | list[str]]
+) -> dict[str, str | list[str]]:
+    """changeOption's ``given`` with each value sent back as getOption showed it kept as it is."""
+    shown = shown_options(current)
+    return {k: current[k] if k in current and v == shown[k] != current[k] else v for k, v in given.items()}
+
+
 def relative_dir(root: str, value: str) -> str | None:
     """The ``dir`` option as a path below ``root`` (None: ``root`` itself); RpcError if it leaves.
 

@@ -40,6 +40,7 @@ from ._queue import (
     PAUSED,
     DownloadHandle,
 )
+from ._urls import redact_url
 from ._version import __version__
 from ._web import WebServer
 
@@ -251,7 +252,7 @@ class Daemon:
             status=status,
             dir=directory,
             path=path,
-            uris=request.urls,
+            uris=tuple(map(redact_url, request.urls)),  # no password in an answer
             total=total,
             completed=done,
             speed=int(progress.rate_bps),
@@ -400,7 +401,8 @@ class Daemon:
         if handle is None:
             raise RpcError(f"Cannot change option for GID#{gid}")
         tag: _Tag = handle.tag
-        merged = {**(tag.options or {}), **options}
+        current = tag.options or {}
+        merged = {**current, **a2.unhidden_options(options, current)}
         request = a2.request_from(handle.request.urls, merged, self.root)
         if handle.plan is None:
             handle.request = request  # not started yet: every option applies
@@ -431,7 +433,7 @@ class Daemon:
             options = stored or {}
         else:
             raise RpcError(f"Cannot get option for GID#{gid}")
-        return {**options, "dir": view.dir}
+        return {**a2.shown_options(options), "dir": view.dir}
 
     def global_options(self) -> dict[str, str]:
         return {

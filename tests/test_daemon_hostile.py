@@ -55,3 +55,44 @@ async def test_an_overflowing_rate_is_aria2s_error(tmp_path: Path, value: str) -
         assert reply["error"]["code"] == 1
         assert "max-overall-download-limit" in reply["error"]["message"]
         assert dl.limit_rate is None
+
+
+async def test_answers_never_show_passwords_nor_credential_headers(tmp_path: Path) -> None:
+    async with Downloader(tmp_path) as dl:
+        core = Daemon(dl, DaemonConfig(root=tmp_path, secret=SECRET), log=lambda _: None)
+        options = {
+            "pause": "true",
+            "http-user": "ann",
+            "http-passwd": "PASSWD-1",
+            "header": ["Authorization: Bearer TOKEN-2", "Cookie: id=COOKIE-3", "X-Note: shown"],
+        }
+        _, added = await answer(
+            core, call("aria2.addUri", ["http://ann:PASSWD-4@127.0.0.1:9/f.bin"], options)
+        )
+        gid = added["result"]
+        replies = [
+            await answer(core, call(method, *params))
+            for method, params in [
+                ("aria2.getOption", [gid]),
+                ("aria2.getUris", [gid]),
+                ("aria2.getFiles", [gid]),
+                ("aria2.tellStatus", [gid]),
+                ("aria2.tellWaiting", [0, 10]),
+            ]
+        ]
+        text = json.dumps(replies)
+        for secret in ("PASSWD-1", "TOKEN-2", "COOKIE-3", "PASSWD-4"):
+            assert secret not in text
+        shown = replies[0][1]["result"]
+        assert shown["http-user"] == "ann"
+        assert shown["header"] == ["Authorization: ***", "Cookie: ***", "X-Note: shown"]
+        assert replies[1][1]["result"][0]["uri"] == "http://ann:***@127.0.0.1:9/f.bin"
+        # A client that sends back what getOption showed (as front ends do) keeps the real values.
+        shown.pop("dir")
+        _, changed = await answer(core, call("aria2.changeOption", gid, {**shown, "http-user": "bob"}))
+        assert changed["result"] == "OK"
+        (entry,) = core.session_entries()
+        assert entry.options["http-passwd"] == "PASSWD-1"
+        assert entry.options["header"] == options["header"]
+        assert entry.options["http-user"] == "bob"
+        assert entry.uris == ["http://ann:PASSWD-4@127.0.0.1:9/f.bin"]
