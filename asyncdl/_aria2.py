@@ -26,6 +26,7 @@ from typing import Any
 
 from ._models import BadEntry, Request
 from ._urllist import parse_lines
+from ._urls import redact_url
 
 GID_DIGITS = 16
 PIECE_LENGTH = 1024 * 1024  # aria2's default --piece-length
@@ -344,15 +345,15 @@ def _shown_header(line: str) -> str:
 
 
 def shown_options(options: Mapping[str, str | list[str]]) -> dict[str, str | list[str]]:
-    """``options`` as getOption answers them: passwords and credential headers as ``HIDDEN``."""
+    """``options`` as getOption answers them: passwords (of URLs too) and credential headers hidden."""
     shown: dict[str, str | list[str]] = {}
     for key, value in options.items():
         if key.endswith("-passwd") or key == "rpc-secret":
             shown[key] = HIDDEN
         elif key == "header":
             shown[key] = _shown_header(value) if isinstance(value, str) else [_shown_header(v) for v in value]
-        else:
-            shown[key] = value
+        else:  # a URL's password too (referer, all-proxy)
+            shown[key] = redact_url(value) if isinstance(value, str) else [redact_url(v) for v in value]
     return shown
 
 

@@ -534,7 +534,8 @@ class Daemon:
             try:
                 self.add(entry.uris, entry.options, gid=kept_gid)
             except RpcError as exc:
-                self._log(f"session entry {' '.join(entry.uris)!r} skipped: {exc}")
+                shown = " ".join(map(redact_url, entry.uris))
+                self._log(f"session entry {shown!r} skipped: {exc}")
                 continue
             count += 1
         return count

@@ -64,6 +64,7 @@ async def test_answers_never_show_passwords_nor_credential_headers(tmp_path: Pat
             "pause": "true",
             "http-user": "ann",
             "http-passwd": "PASSWD-1",
+            "referer": "http://ann:PASSWD-5@127.0.0.1:9/",
             "header": ["Authorization: Bearer TOKEN-2", "Cookie: id=COOKIE-3", "X-Note: shown"],
         }
         _, added = await answer(
@@ -81,7 +82,7 @@ async def test_answers_never_show_passwords_nor_credential_headers(tmp_path: Pat
             ]
         ]
         text = json.dumps(replies)
-        for secret in ("PASSWD-1", "TOKEN-2", "COOKIE-3", "PASSWD-4"):
+        for secret in ("PASSWD-1", "TOKEN-2", "COOKIE-3", "PASSWD-4", "PASSWD-5"):
             assert secret not in text
         shown = replies[0][1]["result"]
         assert shown["http-user"] == "ann"
@@ -96,3 +97,14 @@ async def test_answers_never_show_passwords_nor_credential_headers(tmp_path: Pat
         assert entry.options["header"] == options["header"]
         assert entry.options["http-user"] == "bob"
         assert entry.uris == ["http://ann:PASSWD-4@127.0.0.1:9/f.bin"]
+
+
+async def test_a_skipped_session_entry_is_logged_without_its_password(tmp_path: Path) -> None:
+    logs: list[str] = []
+    async with Downloader(tmp_path) as dl:
+        core = Daemon(dl, DaemonConfig(root=tmp_path, secret=SECRET), log=logs.append)
+        assert core.load_session("http://ann:PASSWD-1@127.0.0.1:9/f.bin\n dir=/etc\n") == 0
+    (line,) = logs
+    assert "http://ann:***@127.0.0.1:9/f.bin" in line
+    assert "outside the download directory" in line
+    assert "PASSWD-1" not in line
