@@ -120,7 +120,8 @@ def daemon_main(
     input_text = None
     if args.input_file is not None:
         try:
-            input_text = Path(args.input_file).read_text(encoding="utf-8")
+            # As URL lists are read: a byte that is not UTF-8 spoils its own entry, not the file.
+            input_text = Path(args.input_file).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             # aria2c's habit: -i names the session file of the last run, which may not exist yet.
             input_text = None if args.input_file == args.save_session else _unreadable(args.input_file)

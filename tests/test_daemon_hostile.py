@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from asyncdl import Downloader
+from asyncdl._cli_daemon import daemon_main
 from asyncdl._daemon import Daemon, DaemonConfig
 
 SECRET = "right"
@@ -108,3 +111,22 @@ async def test_a_skipped_session_entry_is_logged_without_its_password(tmp_path: 
     assert "http://ann:***@127.0.0.1:9/f.bin" in line
     assert "outside the download directory" in line
     assert "PASSWD-1" not in line
+
+
+def test_a_session_file_with_bytes_that_are_not_utf8_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = tmp_path / "session.txt"
+    session.write_bytes(b"http://127.0.0.1:9/good.bin\nhttp://127.0.0.1:9/bad\xff.bin\n")
+    loaded: list[str | None] = []
+
+    async def serve(*args: Any, input_text: str | None, **kwargs: Any) -> None:
+        loaded.append(input_text)
+
+    monkeypatch.setattr("asyncdl._cli_daemon.serve", serve)
+    argv = ["-d", str(tmp_path / "root"), "--rpc-secret", SECRET, "-i", str(session)]
+    assert (
+        daemon_main(argv, run=lambda main: asyncio.run(main()), stdout=io.StringIO(), stderr=io.StringIO())
+        == 0
+    )
+    assert loaded == ["http://127.0.0.1:9/good.bin\nhttp://127.0.0.1:9/bad\ufffd.bin\n"]
