@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class Daemon:
         self.shutdown = asyncio.Event()
         self.server: WebServer | None = None
         self._save_task: asyncio.Task[None] | None = None
+        # A write in a thread and the last one at exit never interleave in the temporary file.
+        self._write_lock = threading.Lock()
         self._sending: set[asyncio.Future[None]] = set()
         self._methods: dict[str, Callable[[list[Any]], Any]] = {
             "aria2.addUri": self._add_uri,
@@ -519,11 +522,12 @@ class Daemon:
         path = self.config.session
         assert path is not None
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        # Written whole, then renamed: a crash never leaves half a session file.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(a2.format_session(entries))
-        os.replace(temp, path)
+        with self._write_lock:
+            # Written whole, then renamed: a crash never leaves half a session file.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(a2.format_session(entries))
+            os.replace(temp, path)
 
     def load_session(self, text: str) -> int:
         """Queue the downloads of a session (or input) file; how many."""

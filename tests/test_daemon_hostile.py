@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncdl import Downloader
+from asyncdl import _aria2 as a2
 from asyncdl._cli_daemon import daemon_main
 from asyncdl._daemon import Daemon, DaemonConfig
 
@@ -130,3 +132,39 @@ def test_a_session_file_with_bytes_that_are_not_utf8_still_loads(
         == 0
     )
     assert loaded == ["http://127.0.0.1:9/good.bin\nhttp://127.0.0.1:9/bad\ufffd.bin\n"]
+
+
+async def test_the_last_session_write_waits_for_one_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At exit the daemon cancels a pending write, but a thread already writing goes on: the last
+    # write must not interleave with it in the temporary file (a corrupt or older session).
+    session = tmp_path / "session.txt"
+    entered, release = threading.Event(), threading.Event()
+    real = a2.format_session
+
+    def first_one_slow(entries: Any) -> str:
+        text = real(entries)
+        if not entered.is_set():
+            entered.set()
+            release.wait(10)
+        return text
+
+    monkeypatch.setattr("asyncdl._aria2.format_session", first_one_slow)
+    async with Downloader(tmp_path) as dl:
+        core = Daemon(dl, DaemonConfig(root=tmp_path, secret=SECRET, session=session), log=lambda _: None)
+
+        def write(name: str) -> threading.Thread:
+            entries = [a2.SessionEntry([f"http://127.0.0.1:9/{name}"])]
+            thread = threading.Thread(target=core._write_entries, args=(entries,))
+            thread.start()
+            return thread
+
+        under_way = write("older-entry")
+        assert entered.wait(10)
+        last = write("last")
+        last.join(0.5)  # without the lock it is done by now, and the older write then spoils it
+        release.set()
+        under_way.join(10)
+        last.join(10)
+    assert session.read_text() == "http://127.0.0.1:9/last\n"
