@@ -21,6 +21,7 @@ from ._cli import _many_hosts_options, _network_options
 from ._cli_common import EXIT_OK, Parser, non_negative_int, positive_int, rate, seconds
 from ._daemon import DEFAULT_MAX_RESULTS, DaemonConfig, serve
 from ._exceptions import UsageError
+from ._session import check_writable
 from ._version import __version__
 
 DEFAULT_PORT = 6800
@@ -117,6 +118,9 @@ def daemon_main(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the download directory {root}: {exc.strerror}") from None
+    session = Path(args.save_session) if args.save_session else None
+    if session is not None:
+        check_writable(session)  # told now, not at the first change of the queue
     input_text = None
     if args.input_file is not None:
         try:
@@ -169,7 +173,7 @@ def daemon_main(
                 DaemonConfig(
                     root=root,
                     secret=secret,
-                    session=Path(args.save_session) if args.save_session else None,
+                    session=session,
                     max_results=args.max_download_result,
                 ),
                 host=host,

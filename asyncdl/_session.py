@@ -24,7 +24,7 @@ from ._models import BadEntry, Request, Result, Status
 from ._naming import name_from_url
 from ._urllist import format_request
 
-__all__ = ["Session"]
+__all__ = ["Session", "check_writable"]
 
 
 class Session:
@@ -34,11 +34,7 @@ class Session:
         self.path = Path(path)
         self._open: dict[int, tuple[int, Request]] = {}  # id(request) -> (input order, request)
         self._taken = 0
-        directory = self.path.parent
-        if self.path.is_dir():
-            raise UsageError(f"cannot write session file {self.path}: is a directory")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write session file {self.path}: {directory} is not writable")
+        check_writable(self.path)
 
     def _take(self, item: Request | BadEntry) -> None:
         if isinstance(item, Request):
@@ -91,6 +87,15 @@ class Session:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+
+
+def check_writable(path: Path) -> None:
+    """UsageError, before a run starts, when a session file could not be written at ``path``."""
+    directory = path.parent
+    if path.is_dir():
+        raise UsageError(f"cannot write session file {path}: is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write session file {path}: {directory} is not writable")
 
 
 def _first(entry: tuple[int, Request]) -> int:

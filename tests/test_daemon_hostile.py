@@ -15,6 +15,7 @@ from asyncdl import Downloader
 from asyncdl import _aria2 as a2
 from asyncdl._cli_daemon import daemon_main
 from asyncdl._daemon import Daemon, DaemonConfig
+from asyncdl._exceptions import UsageError
 
 SECRET = "right"
 
@@ -168,3 +169,20 @@ async def test_the_last_session_write_waits_for_one_under_way(
         under_way.join(10)
         last.join(10)
     assert session.read_text() == "http://127.0.0.1:9/last\n"
+
+
+def test_a_session_file_that_cannot_be_written_is_told_at_start(tmp_path: Path) -> None:
+    argv = [
+        "-d",
+        str(tmp_path / "root"),
+        "--rpc-secret",
+        SECRET,
+        "--save-session",
+        str(tmp_path / "no" / "s.txt"),
+    ]
+
+    def never(main: Any) -> int:
+        raise AssertionError("the daemon started")
+
+    with pytest.raises(UsageError, match=r"cannot write session file .*s\.txt: .* is not writable"):
+        daemon_main(argv, run=never, stdout=io.StringIO(), stderr=io.StringIO())
