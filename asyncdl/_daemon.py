@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -521,13 +522,17 @@ class Daemon:
     def _write_entries(self, entries: list[a2.SessionEntry]) -> None:
         path = self.config.session
         assert path is not None
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with self._write_lock:
-            # Written whole, then renamed: a crash never leaves half a session file.
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(a2.format_session(entries))
-            os.replace(temp, path)
+            # Written whole, then renamed: a crash never leaves half a session file. The temporary
+            # file is a new one (mode 0600, never a file or link someone put there beforehand).
+            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as file:
+                    file.write(a2.format_session(entries))
+                os.replace(temp, path)
+            except BaseException:
+                os.unlink(temp)
+                raise
 
     def load_session(self, text: str) -> int:
         """Queue the downloads of a session (or input) file; how many."""

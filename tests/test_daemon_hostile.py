@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,22 @@ def test_a_session_file_that_cannot_be_written_is_told_at_start(tmp_path: Path) 
 
     with pytest.raises(UsageError, match=r"cannot write session file .*s\.txt: .* is not writable"):
         daemon_main(argv, run=never, stdout=io.StringIO(), stderr=io.StringIO())
+
+
+async def test_the_session_is_never_written_through_a_link_put_in_its_directory(tmp_path: Path) -> None:
+    # Another user of a shared directory links the temporary file's name to a file of ours.
+    session = tmp_path / "session.txt"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for pid in range(os.getpid() - 5, os.getpid() + 5):
+        (tmp_path / f".session.txt.{pid}.tmp").symlink_to(victim)
+    async with Downloader(tmp_path / "root") as dl:
+        core = Daemon(
+            dl, DaemonConfig(root=tmp_path / "root", secret=SECRET, session=session), log=lambda _: None
+        )
+        core.add(["http://127.0.0.1:9/f.bin"], {"pause": "true"})
+        core.save_session_now()
+    assert victim.read_text() == "precious\n"
+    assert session.read_text().startswith("http://127.0.0.1:9/f.bin\n")
+    assert not session.is_symlink()
+    assert stat.S_IMODE(session.stat().st_mode) == 0o600
