@@ -27,6 +27,7 @@ from ._progress import (
 from ._ratelimit import parse_rate, parse_size
 from ._report import ReportWriter
 from ._retry import parse_statuses
+from ._urllist import header_problem
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -124,9 +125,11 @@ def statuses(text: str) -> frozenset[int]:
 
 
 def header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
-        raise argparse.ArgumentTypeError(f"header must look like 'Name: value', not {text!r}")
+    # As a list's header= line: the text is not echoed (it may hold a secret), a line break refused.
+    problem = header_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    name, _, value = text.partition(":")
     return name.strip(), value.strip()
 
 

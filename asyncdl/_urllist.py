@@ -54,7 +54,7 @@ from ._models import CHECKSUM_ALGORITHMS, BadEntry, Checksum, Request, plain_req
 from ._ratelimit import parse_rate
 from ._urls import PLAIN_URL, redact_url, usable_url_problem
 
-__all__ = ["format_request", "parse_lines"]
+__all__ = ["format_request", "header_problem", "parse_lines"]
 
 _BOM = "\ufeff"
 # Keys whose value is text kept as given (once per download), by their attribute in _Download.
@@ -360,6 +360,15 @@ def format_request(request: Request) -> str:
 def _one_line(text: str) -> str:
     """``text`` without the line breaks and TABs that would end or split its line in the format."""
     return _CONTROL.sub(" ", text).strip()
+
+
+def header_problem(value: str) -> str | None:
+    """What is wrong with a ``Name: value`` header (never its value: it may be a secret); None: nothing."""
+    try:
+        _parse_header(value)
+    except _OptionError as exc:
+        return str(exc).removeprefix("header= ")
+    return None
 
 
 def _parse_header(value: str) -> tuple[str, str]:
