@@ -15,7 +15,7 @@ from ._exceptions import UsageError
 from ._files import ensure_dir
 from ._hosts import Scheduler
 from ._http import make_session, read_ca_certificates, set_connection_limit
-from ._models import BadEntry, Checksum, Request, Result
+from ._models import BadEntry, Checksum, Request, Result, header_pairs
 from ._pool import Pool
 from ._procs import DEFAULT_SHARD_SIZE as DEFAULT_LOCAL_SHARD_SIZE
 from ._procs import ProcessCluster
@@ -31,15 +31,6 @@ RequestLike = str | Request
 DEFAULT_JOBS = 16
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT_S = 30.0
-
-
-def _header_pairs(
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
-) -> tuple[tuple[str, str], ...]:
-    if headers is None:
-        return ()
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return tuple((str(k), str(v)) for k, v in items)
 
 
 class Downloader:
@@ -152,7 +143,7 @@ class Downloader:
             dest=self.dest,
             retry=policy,
             overwrite=overwrite,
-            headers=_header_pairs(headers),
+            headers=header_pairs(headers),
             connections=connections,
             user_agent=user_agent,
             referer=referer,
@@ -339,7 +330,7 @@ class Downloader:
                 checksum=Checksum.parse(checksum)
                 if isinstance(checksum, str)
                 else checksum or request.checksum,
-                headers=(*request.headers, *_header_pairs(headers)),
+                headers=(*request.headers, *header_pairs(headers)),
             )
         if self._cluster is not None:
             async with contextlib.aclosing(self._cluster.stream([request])) as results:

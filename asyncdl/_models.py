@@ -66,11 +66,19 @@ class Checksum:
 HeaderPairs = tuple[tuple[str, str], ...]
 
 
-def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> HeaderPairs:
+def header_pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> HeaderPairs:
+    """``headers`` as pairs; UsageError for a line break in one (it would end the request's head).
+
+    The message names the header, never its value (it may be a secret)."""
     if headers is None:
         return ()
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return tuple((str(k), str(v)) for k, v in items)
+    pairs = tuple((str(k), str(v)) for k, v in items)
+    for name, value in pairs:
+        text = name + value
+        if "\r" in text or "\n" in text or "\x00" in text:
+            raise UsageError(f"header {name.strip()!r} contains a line break or NUL character")
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ class Request:
         if mirrors.__class__ is not tuple:
             mirrors = tuple(mirrors)
         if headers:
-            headers = _header_pairs(headers)
+            headers = header_pairs(headers)
         elif headers.__class__ is not tuple:
             headers = ()
         if checksum is not None and isinstance(checksum, str):  # "sha-256=HEX" is accepted too
