@@ -138,7 +138,13 @@ def daemon_main(
     secret = args.rpc_secret
     if not secret:
         secret = secrets.token_urlsafe(24)
-        path = make_secret_file(root, secret)
+        try:
+            path = make_secret_file(root, secret)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise UsageError(
+                f"cannot write the secret file {root / SECRET_FILE}: {reason} (or give --rpc-secret)"
+            ) from None
         # The one place the secret is shown: standard output, once.
         print(f"RPC secret: {secret}  (also in {path}, readable by you only)", file=stdout, flush=True)
     headers = list(args.header)

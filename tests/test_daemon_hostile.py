@@ -207,3 +207,17 @@ async def test_the_session_is_never_written_through_a_link_put_in_its_directory(
     assert session.read_text().startswith("http://127.0.0.1:9/f.bin\n")
     assert not session.is_symlink()
     assert stat.S_IMODE(session.stat().st_mode) == 0o600
+
+
+def test_a_secret_file_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / ".asyncdl-rpc-secret").mkdir()  # in the way, and not ours to remove
+
+    def never(main: Any) -> int:
+        raise AssertionError("the daemon started")
+
+    out = io.StringIO()
+    with pytest.raises(
+        UsageError, match=r"cannot write the secret file .*\.asyncdl-rpc-secret: .*--rpc-secret"
+    ):
+        daemon_main(["-d", str(tmp_path)], run=never, stdout=out, stderr=io.StringIO())
+    assert out.getvalue() == ""  # no secret shown that nothing could use
