@@ -52,6 +52,7 @@ class Files:
         self.body = body
         self.faults: list[tuple[str, int]] = []
         self.starts: list[int | None] = []  # the Range start of each request (None: no Range)
+        self.peers: list[object] = []  # the client's address of each request: its connection
         self.release = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -60,6 +61,7 @@ class Files:
         start = int(first)
         end = int(last) + 1 if last else len(self.body)
         self.starts.append(start if asked else None)
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         data = self.body[start:end]
         headers = {"ETag": ETAG, "Accept-Ranges": "bytes", "Content-Length": str(len(data))}
         if asked:
@@ -258,3 +260,16 @@ async def test_the_pieces_of_a_segmented_https_download_go_through_the_thread(
     assert (dest / "big.bin").read_bytes() == BIG
     assert spy.calls == 2  # both 4 MiB pieces
     assert no_thread_left()
+
+
+async def test_the_connection_of_a_pumped_body_is_not_reused(
+    trusted: ssl.SSLContext, dest: Path, spy: Spy
+) -> None:
+    """aiohttp's parser never saw the body the thread read: that connection must not serve another request."""
+    async with https_files(trusted) as files, Downloader(dest, jobs=1, **options(dest)) as downloader:
+        first = await downloader.download(files.url, out="first.bin")
+        second = await downloader.download(files.url, out="second.bin")
+    assert first.status is Status.OK and second.status is Status.OK, (first.error, second.error)
+    assert spy.calls == 2
+    assert (dest / "first.bin").read_bytes() == BIG == (dest / "second.bin").read_bytes()
+    assert len(files.peers) == 2 and files.peers[0] != files.peers[1]  # a new connection for the second
