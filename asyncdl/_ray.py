@@ -34,6 +34,12 @@ from ._shards import (
 __all__ = ["DownloadWorker", "RayCluster", "ShardAnswer", "ShardSpec", "WorkerConfig", "import_ray"]
 
 INSTALL_HINT = "pip install 'asyncdl[ray]'"
+# A restarting actor refuses calls (ActorUnavailableError: "the actor is restarting") until its new
+# process is up. A worker that died gets its next shard only once it answers again, so that the
+# seconds of a restart are not counted as deaths of the shards sent meanwhile. How often it is asked,
+# and for how long before the shard goes out anyway (and counts a try if it fails).
+RESTART_PROBE_S = 0.1
+RESTART_WAIT_S = 120.0
 
 
 def import_ray() -> Any:
@@ -70,6 +76,7 @@ class RayCluster(ShardCluster):
         self.address = address
         self.workers = workers
         self._actors: list[Any] = []
+        self._restarting: set[int] = set()  # workers that died, not known to be up again
         self._started_ray = False
         # The actor's class: benchmarks put a dry-run worker here to measure the driver alone.
         self.worker_class: type[DownloadWorker] = DownloadWorker
@@ -123,27 +130,54 @@ class RayCluster(ShardCluster):
         return len(self._actors)
 
     def _submit(self, worker: int, spec: ShardSpec) -> tuple[asyncio.Future[ShardAnswer], Any]:
+        sent: list[Any] = []  # the call's ref, once the worker is up to take it
+        return asyncio.ensure_future(self._run_shard(worker, spec, sent)), sent
+
+    async def _run_shard(self, worker: int, spec: ShardSpec, sent: list[Any]) -> ShardAnswer:
+        if worker in self._restarting:
+            await self._until_up(worker)
         ref = self._actors[worker].run_shard.remote(spec)
-        return asyncio.ensure_future(self._await(ref)), ref
+        sent.append(ref)
+        answer: ShardAnswer = await self._await(ref, worker)
+        return answer
+
+    async def _until_up(self, worker: int) -> None:
+        """Return once the restarted ``worker`` answers (or after RESTART_WAIT_S); WorkerLost if gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESTART_WAIT_S
+        while worker in self._restarting and loop.time() < deadline:
+            try:
+                await self._await(self._actors[worker].pid.remote(), worker)
+            except WorkerLost as exc:
+                if exc.gone:
+                    raise
+                await asyncio.sleep(RESTART_PROBE_S)
+            else:
+                self._restarting.discard(worker)
 
     def _cancel_call(self, handle: Any) -> None:
-        self.ray.cancel(handle)
+        for ref in handle:
+            self.ray.cancel(ref)
 
     def _stats(self, worker: int) -> asyncio.Future[WorkerStats]:
-        return asyncio.ensure_future(self._await(self._actors[worker].stats.remote()))
+        return asyncio.ensure_future(self._await(self._actors[worker].stats.remote(), worker))
 
-    async def _await(self, ref: Any) -> Any:
+    async def _await(self, ref: Any, worker: int | None = None) -> Any:
         try:
             return await ref
         except self.ray.exceptions.RayActorError as exc:
-            # ActorUnavailableError: the actor died and Ray restarts it (new calls wait for it).
+            # ActorUnavailableError: the actor died and Ray restarts it; until its new process is up,
+            # calls to it fail the same way (see _until_up).
             # ActorDiedError: its restarts are used up; it is gone for good, the others take its shards.
             gone = isinstance(exc, self.ray.exceptions.ActorDiedError)
+            if worker is not None and not gone:
+                self._restarting.add(worker)
             raise WorkerLost(str(exc) or type(exc).__name__, gone=gone) from exc
 
     async def aclose(self) -> None:
         """Stop the workers; shut Ray down when this run started or connected it. Safe to call twice."""
         actors, self._actors = self._actors, []
+        self._restarting.clear()
         if actors:
             # Each worker stops its shards (keeping their temporary files) before it is killed.
             closing = [self._await(a.close.remote()) for a in actors]

@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from faultserver import FaultServer
@@ -30,6 +32,8 @@ from worker_runs import (
 )
 
 from asyncdl import Downloader, Request, Status
+from asyncdl._ray import RayCluster
+from asyncdl._shards import ShardSpec, WorkerLost
 
 ray = pytest.importorskip("ray")  # in the test extra: CI runs these
 
@@ -58,6 +62,47 @@ async def test_a_killed_worker_loses_nothing(fault_server: FaultServer, tmp_path
         return pid
 
     await killed_worker_loses_nothing(fault_server, tmp_path, first_pid, ray="auto", workers=2)
+
+
+class _Calls:
+    """A fake actor method: each ``remote()`` call gives the next outcome (an exception is raised)."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def remote(self, *_args: object) -> Any:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+
+        async def answer() -> object:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return answer()
+
+
+async def test_a_restarting_worker_gets_a_shard_only_once_it_answers_again() -> None:
+    """Ray refuses calls to an actor while it restarts: those refusals are not deaths of the shard
+    sent next (three of them used to fail a shard for good on a loaded machine)."""
+
+    def restarting() -> Exception:
+        return ray.exceptions.ActorUnavailableError("The actor is restarting", None)
+
+    answer = ("o", [1], [1], {}, {}, "new", 1)
+    actor = SimpleNamespace(run_shard=_Calls(restarting(), answer), pid=_Calls(restarting(), restarting(), 7))
+    cluster = object.__new__(RayCluster)  # the calls only: no actors started
+    cluster.ray, cluster._actors, cluster._restarting = ray, [actor], set()
+    spec: ShardSpec = (["http://127.0.0.1/a"], ["a"], {}, 0, 0)
+
+    died, _ = cluster._submit(0, spec)
+    with pytest.raises(WorkerLost) as lost:
+        await died  # the worker died with the shard: that counts
+    assert not lost.value.gone
+    again, _ = cluster._submit(0, (*spec[:3], 1, 0))
+    assert await again == answer
+    assert (actor.pid.calls, actor.run_shard.calls) == (3, 2)  # sent once the restarted actor answered
 
 
 async def test_limit_rate_is_split_between_workers(file_server: FileServer, tmp_path: Path) -> None:
