@@ -322,6 +322,25 @@ async def _requests_and_stdin(
 # --- running ---------------------------------------------------------------------------------------
 
 
+def downloader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Downloader options that a run and the daemon take from the same command-line options."""
+    return {
+        "jobs": args.jobs,
+        "connections": args.connections,
+        "retries": args.retries,
+        "timeout": args.timeout,
+        "user_agent": args.user_agent,
+        "referer": args.referer,
+        "cookies": args.load_cookies,
+        "ca_certificate": args.ca_certificate,
+        "verify": not args.no_check_certificate,
+        "max_per_host": args.max_per_host,
+        "lowest_speed_limit": args.lowest_speed_limit,
+        "max_filesize": args.max_filesize,
+        "retry_on": args.retry_on,
+    }
+
+
 async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> int:
     specs = [*args.sources, *args.input_files]
     if not specs:
@@ -332,24 +351,12 @@ async def _download(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> 
     # Made before the display starts: a usage error (--ray without Ray) is then one line, no summary.
     downloader = Downloader(
         dest,
-        jobs=args.jobs,
-        connections=args.connections,
-        retries=args.retries,
-        timeout=args.timeout,
         limit_rate=args.limit_rate,
         headers=args.header,
         overwrite=args.overwrite,
         progress=progress,
         report=args.report,
-        user_agent=args.user_agent,
-        referer=args.referer,
-        cookies=args.load_cookies,
-        ca_certificate=args.ca_certificate,
-        verify=not args.no_check_certificate,
-        max_per_host=args.max_per_host,
-        lowest_speed_limit=args.lowest_speed_limit,
-        max_filesize=args.max_filesize,
-        retry_on=args.retry_on,
+        **downloader_options(args),
         **_worker_options(args),
     )
     downloader.open_report()  # an unwritable report is a usage error before anything starts

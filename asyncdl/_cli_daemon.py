@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._api import DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Downloader
-from ._cli import _many_hosts_options, _network_options
+from ._cli import _many_hosts_options, _network_options, downloader_options
 from ._cli_common import EXIT_OK, Parser, non_negative_int, positive_int, rate, seconds
 from ._daemon import DEFAULT_MAX_RESULTS, DaemonConfig, serve
 from ._exceptions import UsageError
@@ -157,21 +157,9 @@ def daemon_main(
     async def main() -> int:
         dl = Downloader(
             root,
-            jobs=args.jobs,
-            connections=args.connections,
-            retries=args.retries,
-            timeout=args.timeout,
             limit_rate=args.overall_limit if args.overall_limit is not None else args.limit_rate,
             headers=headers,
-            user_agent=args.user_agent,
-            referer=args.referer,
-            cookies=args.load_cookies,
-            ca_certificate=args.ca_certificate,
-            verify=not args.no_check_certificate,
-            max_per_host=args.max_per_host,
-            lowest_speed_limit=args.lowest_speed_limit,
-            max_filesize=args.max_filesize,
-            retry_on=args.retry_on,
+            **downloader_options(args),
         )
         async with dl:
             await serve(
