@@ -289,6 +289,27 @@ def plan_origin(plan: Plan) -> str:
     return origin_key(plan.request.url)
 
 
+class JobWrapper:
+    """A Job with something of its caller's: the scheduler reads the Job's origin and signals through it."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    @property
+    def origin(self) -> str:
+        return self.job.origin
+
+    @property
+    def signal(self) -> Signal | None:
+        return self.job.signal
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.job.retry_after
+
+
 class Job:
     """A planned download as the scheduler runs it: each ``step()`` is one attempt.
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ._download import Engine, Job, Plan
+from ._download import Engine, Job, JobWrapper, Plan
 from ._files import TempFile
-from ._hosts import Retry, Signal
+from ._hosts import Retry
 from ._models import Request, Result, Status
 from ._pool import Pool, Submission
 from ._urls import redact_url
@@ -183,27 +183,15 @@ class DownloadHandle:
         return f"<DownloadHandle {redact_url(self.request.url)} {self.status}>"
 
 
-class _Announced:
+class _Announced(JobWrapper):
     """A queue item's Job as the pool runs it: its first step tells the queue that it started."""
 
-    __slots__ = ("handle", "job", "queue")
+    __slots__ = ("handle", "queue")
 
     def __init__(self, queue: LiveQueue, handle: DownloadHandle, job: Job) -> None:
+        super().__init__(job)
         self.queue = queue
         self.handle = handle
-        self.job = job
-
-    @property
-    def origin(self) -> str:
-        return self.job.origin
-
-    @property
-    def signal(self) -> Signal | None:
-        return self.job.signal
-
-    @property
-    def retry_after(self) -> float | None:
-        return self.job.retry_after
 
     async def step(self, down: str | None = None, proven: Callable[[], None] | None = None) -> Result | Retry:
         handle = self.handle

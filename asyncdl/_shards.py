@@ -46,10 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._download import Engine, Job, Plan, Settings, host_rules, plain_name, plan_download
+from ._download import Engine, Job, JobWrapper, Plan, Settings, host_rules, plain_name, plan_download
 from ._exceptions import AsyncdlError, StorageError, UsageError
 from ._files import ensure_dir
-from ._hosts import Retry, Scheduler, Signal
+from ._hosts import Retry, Scheduler
 from ._http import make_session
 from ._models import BadEntry, Request, Result, Status
 from ._naming import NameRegistry
@@ -251,26 +251,14 @@ class DownloadWorker:
         return self.incarnation, self.progress.bytes_done
 
 
-class _Numbered:
+class _Numbered(JobWrapper):
     """A download of a shard, whose result comes back with its index in the shard."""
 
-    __slots__ = ("index", "job")
+    __slots__ = ("index",)
 
     def __init__(self, job: Job, index: int) -> None:
-        self.job = job
+        super().__init__(job)
         self.index = index
-
-    @property
-    def origin(self) -> str:
-        return self.job.origin
-
-    @property
-    def signal(self) -> Signal | None:
-        return self.job.signal
-
-    @property
-    def retry_after(self) -> float | None:
-        return self.job.retry_after
 
     async def step(
         self, down: str | None = None, proven: Callable[[], None] | None = None
