@@ -12,7 +12,8 @@ A download is a *ticket*. Its life::
     take() -> RUNNING  (holds one of the ``jobs`` slots and one of its origin's slots)
     finish()             -> DONE    (its slot is free)
     park(not_before=T)   -> PARKED  (its slot is free: waiting for a retry holds no slot)
-    PARKED, once T has come -> back in its origin's queue, ahead of later arrivals
+    PARKED, once T has come -> back in its origin's queue, ahead of later arrivals; after a
+                                Retry-After, behind the downloads already waiting (see below)
     withdraw()           -> DONE    (WAITING or PARKED only; a RUNNING ticket is cancelled by the pool,
                                      which then calls finish())
 
@@ -25,7 +26,12 @@ A download is a *ticket*. Its life::
   is gone (at ``jobs``): a fast origin has every slot after a few answers, while one that never
   answers, or answers at a crawl, never holds more than 2; after attempts stalled or crawled
   (below the speed floor) the limit is back at ``STALLED_SLOTS`` and grows again the same way;
-- an origin is held back until a time: a ``Retry-After`` it sent, or its backoff after failure
+- an origin is held back until a time: a ``Retry-After`` it sent (when that time comes, the
+  downloads not yet asked for go first and the ones that got the Retry-After follow: an origin that
+  answers every URL's first request with 429 or 503 "come back later", as a cache that fetches on
+  demand does, then has every URL's first request made as early as the windows allow, so the list
+  takes as few windows as the slots allow; for a plain rate limit the order changes nothing), or
+  its backoff after failure
   *rounds* (refused connections, names that do not resolve, stalls, errors): a round is one or more
   failed attempts that all started after the previous failure of that origin, so sixteen downloads
   refused at once count once, and the backoff grows with rounds, not with the number of downloads;
@@ -165,6 +171,7 @@ class Ticket:
         "origin",
         "owner",
         "proving",
+        "requeue",
         "round",
         "seq",
         "started",
@@ -182,6 +189,7 @@ class Ticket:
         self.round = 0  # its origin's failure rounds when it was taken
         self.down: str | None = None  # set by take(): its origin is down, and why
         self.proving = False  # set by take(): its origin has not earned all its slots yet
+        self.requeue = False  # set by observe(): a Retry-After; once unparked, behind those waiting
         self.task: Any = None  # the pool's: the task running it
         self.started = False  # the pool's: that task has begun (a cancel then reaches its code)
 
@@ -360,6 +368,7 @@ class Scheduler:
             return
         if signal is Signal.RETRY_AFTER:
             self._block(state, now + max(0.0, retry_after or 0.0))
+            ticket.requeue = True
             if not state.suspect:
                 # It answers at once and says when to come back: its own flow control; when that
                 # time comes, every download waiting for it may go (not 2 at first, then more).
@@ -454,6 +463,9 @@ class Scheduler:
         self.parked -= 1
         self.waiting += 1
         ticket.state = State.WAITING
+        if ticket.requeue:
+            ticket.requeue = False
+            ticket.seq = next(self._seq)  # behind every download added so far (not in a heap now)
         self._enqueue(ticket, state)
 
     def _wake_parked(self, state: Origin) -> None:

@@ -72,7 +72,40 @@ def test_retry_after_holds_back_every_request_to_that_origin_not_others() -> Non
     assert jobs_of(take_all(scheduler, 1.0)) == ["b1", "b2"]
     assert take_all(scheduler, 29.9) == []
     assert scheduler.wake_at() == 30.0
-    assert jobs_of(take_all(scheduler, 30.0)) == ["a1", "a2"]  # the retried one first, in arrival order
+    # The ones not asked for yet go first (b1 and b2 still hold two of the four slots); the one that
+    # got the Retry-After comes after them.
+    assert jobs_of(take_all(scheduler, 30.0)) == ["a2", "a3"]
+    assert scheduler.origin(A) is not None and a1.state is State.WAITING
+
+
+def test_after_a_retry_after_the_first_requests_of_the_others_go_before_the_retries() -> None:
+    # An origin that answers every URL's first request with "429, come back in 30 s" (a cache that
+    # fetches on demand), 12 slots, 16 URLs of which the first was asked for before the others came:
+    # asking for every URL once before any retry is done at 90 s; retries first would take until 120 s.
+    scheduler = Scheduler(jobs=12, rules=HostRules(initial_slots=12))
+    asked: set[int] = set()
+
+    def answer(ticket: Ticket, now: float) -> None:
+        if ticket.job in asked:
+            scheduler.observe(ticket, Signal.OK, now)
+            scheduler.finish(ticket)
+        else:
+            asked.add(ticket.job)
+            scheduler.observe(ticket, Signal.RETRY_AFTER, now, retry_after=30.0)
+            scheduler.park(ticket, not_before=now + 30.0)
+
+    tickets = [scheduler.add(0, A)]
+    answer(take_all(scheduler, 0.0)[0], 0.0)
+    tickets += [scheduler.add(i, A) for i in range(1, 16)]
+    now = 0.0
+    while any(t.state is not State.DONE for t in tickets):
+        wake = scheduler.wake_at()
+        assert wake is not None
+        now = wake
+        while taken := take_all(scheduler, now):  # what ends at once frees its slot at once
+            for ticket in taken:
+                answer(ticket, now)
+    assert now == 90.0
 
 
 def test_after_a_retry_after_every_download_of_the_origin_may_go() -> None:
@@ -84,7 +117,8 @@ def test_after_a_retry_after_every_download_of_the_origin_may_go() -> None:
         scheduler.observe(ticket, Signal.RETRY_AFTER, 0.0, retry_after=30.0)
         scheduler.park(ticket, not_before=30.0)
     assert take_all(scheduler, 29.0) == []
-    assert jobs_of(take_all(scheduler, 30.0)) == [t.job for t in tickets]  # all at once, in order
+    # All at once: the ones not asked for yet in order, then the two that got the Retry-After.
+    assert jobs_of(take_all(scheduler, 30.0)) == [t.job for t in tickets[2:] + tickets[:2]]
 
 
 def test_refused_backs_the_origin_off_by_rounds_not_by_downloads() -> None:
