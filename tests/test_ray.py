@@ -144,6 +144,33 @@ async def test_the_options_of_a_run_and_of_each_request_reach_the_workers(
     assert len(fault_server.requests_for("/gone")) == 2
 
 
+async def test_the_many_hosts_rules_hold_within_each_ray_worker(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    for i in range(8):
+        fault_server.route(f"/s{i}", body=b"y" * 20_000, rate=100_000)
+    fault_server.route("/big", body=b"z" * 50_000)
+    fault_server.route("/forbidden-once", body=b"f", statuses=[(403, 0), 200])
+    requests = [Request(fault_server.url(f"/s{i}")) for i in range(8)]
+    requests += [Request(fault_server.url("/big")), Request(fault_server.url("/forbidden-once"))]
+    async with Downloader(
+        tmp_path / "out",
+        ray="auto",
+        workers=2,
+        shard_size=5,
+        max_per_host=1,
+        max_filesize="30K",
+        retry_on="403",
+    ) as dl:
+        results = {r.url.rsplit("/", 1)[1]: r async for r in dl.stream(requests)}
+    assert all(results[f"s{i}"].status is Status.OK for i in range(8))
+    assert results["big"].status is Status.FAILED and "--max-filesize" in (results["big"].error or "")
+    assert len(fault_server.requests_for("/big")) == 1  # over the limit: not retried
+    assert results["forbidden-once"].status is Status.OK  # 403 retried, as --retry-on says
+    # One download at a time to the origin in each of the two workers.
+    assert max(fault_server.in_flight_seen) <= 2
+
+
 async def run_cli(*args: str, prelude: str = "") -> tuple[int, str, str]:
     code = f"import sys\n{prelude}\nfrom asyncdl._cli import main\nraise SystemExit(main(sys.argv[1:]))"
     proc = await asyncio.create_subprocess_exec(
