@@ -25,7 +25,8 @@ A download is a *ticket*. Its life::
   well (a download finished, or an attempt that brought ``PROVEN_BYTES``: see ``Job``), until it
   is gone (at ``jobs``): a fast origin has every slot after a few answers, while one that never
   answers, or answers at a crawl, never holds more than 2; after attempts stalled or crawled
-  (below the speed floor) the limit is back at ``STALLED_SLOTS`` and grows again the same way;
+  (below the speed floor) the limit is back at ``STALLED_SLOTS``, each further round of them halves
+  it (down to 1), and it grows again the same way;
 - an origin is held back until a time: a ``Retry-After`` it sent (when that time comes, the
   downloads not yet asked for go first and the ones that got the Retry-After follow: an origin that
   answers every URL's first request with 429 or 503 "come back later", as a cache that fetches on
@@ -320,7 +321,12 @@ class Scheduler:
         ticket.state = State.PARKED
         ticket.not_before = not_before
         self.parked += 1
-        self._get(ticket.origin).parked += 1
+        state = self._get(ticket.origin)
+        state.parked += 1
+        if not_before < state.down_until:
+            # Its origin is down and still will be then: it need not wait to learn it (as _wake_parked).
+            self._unpark(ticket)
+            return
         heapq.heappush(self._timers, (not_before, ticket.seq, ticket))
 
     def withdraw(self, ticket: Ticket) -> bool:
@@ -377,7 +383,10 @@ class Scheduler:
         if signal not in _FAILURE_SIGNALS:
             return
         if signal in _SLOT_SIGNALS:
-            state.cap = STALLED_SLOTS if state.cap is None else min(state.cap, STALLED_SLOTS)
+            if state.suspect and ticket.round == state.rounds and state.cap is not None:
+                state.cap = max(1, state.cap // 2)  # a further round that stalled: fewer still
+            else:
+                state.cap = STALLED_SLOTS if state.cap is None else min(state.cap, STALLED_SLOTS)
             state.suspect = True
         if ticket.round != state.rounds:
             return  # started before the origin's last failure: the same round

@@ -172,6 +172,27 @@ def test_stalls_leave_the_origin_two_slots_and_answers_give_them_back() -> None:
     assert state.cap is None
 
 
+def test_each_further_round_of_stalls_halves_the_slots_down_to_one() -> None:
+    scheduler = Scheduler(jobs=16, rules=HostRules(backoff_base_s=0.0, down_after=100))
+    for i in range(20):
+        scheduler.add(i, B)
+    state = scheduler.origin(B)
+    assert state is not None
+    caps = []
+    now = 0.0
+    for _ in range(3):
+        running = take_all(scheduler, now)
+        now += 10.0
+        for ticket in running:  # every attempt of the round stalls; they count as one round
+            scheduler.observe(ticket, Signal.STALLED, now)
+            scheduler.park(ticket, not_before=now)
+        caps.append(state.cap)
+    assert caps == [STALLED_SLOTS, 1, 1]
+    (ticket,) = take_all(scheduler, now)
+    scheduler.observe(ticket, Signal.OK, now + 1.0)  # a good answer doubles it again
+    assert state.cap == 2
+
+
 def test_slow_counts_as_a_stall() -> None:
     scheduler = Scheduler(jobs=8, rules=HostRules(initial_slots=8))
     for i in range(8):
@@ -230,6 +251,19 @@ def test_an_origin_without_answers_for_a_downloads_attempts_is_down() -> None:
     tickets = take_all(scheduler, now)
     assert len(tickets) == 4
     assert all(t.down and t.down.endswith("rounds of attempts in a row (last: stalled)") for t in tickets)
+
+
+def test_a_download_parked_after_its_origin_went_down_comes_out_at_once() -> None:
+    rules = HostRules(initial_slots=2, backoff_base_s=0.0, down_after=1, down_for_s=60.0)
+    scheduler = Scheduler(jobs=4, rules=rules)
+    first, second = scheduler.add(1, B), scheduler.add(2, B)
+    assert take_all(scheduler, 0.0) == [first, second]
+    scheduler.observe(first, Signal.STALLED, 10.0, reason="stalled")  # the origin is down now
+    scheduler.park(first, not_before=15.0)
+    scheduler.observe(second, Signal.STALLED, 10.5, reason="stalled")  # in flight until then
+    scheduler.park(second, not_before=15.5)  # its own backoff: it would wait for nothing
+    taken = take_all(scheduler, 10.5)
+    assert taken == [first, second] and all(t.down for t in taken)
 
 
 def test_a_status_error_backs_off_but_never_takes_the_origin_down() -> None:
