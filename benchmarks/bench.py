@@ -64,10 +64,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = REPO_ROOT / "benchmarks" / "results" / "latest.json"
 TIME_BIN = "/usr/bin/time"
 TIME_FORMAT = "%e %U %S %M"
-ALL_TOOLS = ("asyncdl", "asyncdl-2p", "curl", "wget", "aria2c", "axel")
-SINGLE_FILE_ONLY_TOOLS = frozenset({"axel"})
+ALL_TOOLS = ("asyncdl", "asyncdl-2p", "curl", "wget", "aria2c", "axel", "aiohttp-floor", "ssl-floor")
+# Run only when named in --tools: the floors under asyncdl's cost, bare aiohttp for lists
+# (benchmarks/aiohttp_floor.py) and a blocking Python TLS socket for one HTTPS file (ssl_floor.py).
+OPT_IN_TOOLS = frozenset({"aiohttp-floor", "ssl-floor"})
+FLOOR_SCRIPT = REPO_ROOT / "benchmarks" / "aiohttp_floor.py"
+SSL_FLOOR_SCRIPT = REPO_ROOT / "benchmarks" / "ssl_floor.py"
+PYTHON_TOOLS = frozenset({"aiohttp-floor", "ssl-floor"})  # scripts run by --python, not programs on PATH
+TLS_ONLY_TOOLS = frozenset({"ssl-floor"})
+SINGLE_FILE_ONLY_TOOLS = frozenset({"axel", "ssl-floor"})
 # asyncdl with --processes 2: two worker processes (this machine's two cores) share the list.
-LIST_ONLY_TOOLS = frozenset({"asyncdl-2p"})
+LIST_ONLY_TOOLS = frozenset({"asyncdl-2p", "aiohttp-floor"})
 LOCAL_PROCESSES = 2
 PARALLEL_JOBS = 16
 SEGMENT_CONNECTIONS = 16
@@ -665,6 +672,8 @@ def tool_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup) -
         )  # else SSL_CERT_FILE
     if tool == "curl":
         return [cmd[0], "--cacert", ca, *cmd[1:]]
+    if tool in PYTHON_TOOLS:
+        return [*cmd, "--ca-certificate", ca]
     if tool in ("wget", "aria2c"):
         return [cmd[0], f"--ca-certificate={ca}", *cmd[1:]]
     return cmd
@@ -696,6 +705,10 @@ def _plain_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup)
         if tool == "asyncdl-2p":
             cmd += ["--processes", str(LOCAL_PROCESSES)]
         return [*cmd, *setup.asyncdl_args]
+    if tool == "aiohttp-floor":
+        return [setup.python, str(FLOOR_SCRIPT), url_list, str(out_dir), "-j", str(PARALLEL_JOBS)]
+    if tool == "ssl-floor":
+        return [setup.python, str(SSL_FLOOR_SCRIPT), dataset.url(0), str(out_dir / dataset.name(0))]
     if tool == "curl":
         if w.single:
             return ["curl", "-s", "-o", str(out_dir / dataset.name(0)), dataset.url(0)]
@@ -733,15 +746,18 @@ def _plain_command(tool: str, dataset: Dataset, out_dir: Path, setup: ToolSetup)
     raise ValueError(f"unknown tool {tool!r}")
 
 
-def snapshot_package(dest: Path, rev: str | None = None) -> tuple[Path, str]:
+def snapshot_package(dest: Path, rev: str | None = None, *, python: str | None = None) -> tuple[Path, str]:
     """Copy asyncdl/ from this checkout's working tree, or from its commit `rev`, under `dest`.
 
     Return `dest`, the directory to import asyncdl from, and a description of the code. Every run of one
-    benchmark then measures the same code, even while the checkout is being edited.
+    benchmark then measures the same code, even while the checkout is being edited. With `python`, the
+    copy is byte-compiled by it, as `pip install` does: otherwise every run would compile asyncdl's
+    modules again where bytecode is not written (PYTHONDONTWRITEBYTECODE), about 70 ms a run here.
     """
     if rev is None:
         description = f"{git_revision()}; working tree copied at the start"
         shutil.copytree(REPO_ROOT / "asyncdl", dest / "asyncdl", ignore=shutil.ignore_patterns("__pycache__"))
+        _compile(dest, python)
         return dest, description
     archive = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", rev, "asyncdl"],
@@ -755,7 +771,14 @@ def snapshot_package(dest: Path, rev: str | None = None) -> tuple[Path, str]:
             tar.extractall(dest, filter="data")
         else:
             tar.extractall(dest)
+    _compile(dest, python)
     return dest, f"git {resolve_commit(rev)} (--asyncdl-rev {rev})"
+
+
+def _compile(dest: Path, python: str | None) -> None:
+    if python is not None:
+        command = [python, "-m", "compileall", "-q", str(dest / "asyncdl")]
+        subprocess.run(command, timeout=120, check=True, capture_output=True)
 
 
 def resolve_commit(rev: str) -> str | None:
@@ -910,6 +933,10 @@ def smoke_test_asyncdl(setup: ToolSetup, env: dict[str, str], scratch: Path, bas
 def tool_version(tool: str, python: str, env: dict[str, str], cwd: Path) -> str:
     if tool.startswith("asyncdl"):
         cmd = [python, "-c", "import asyncdl; print(getattr(asyncdl, '__version__', '?'))"]
+    elif tool == "aiohttp-floor":
+        cmd = [python, "-c", "import aiohttp; print('aiohttp', aiohttp.__version__)"]
+    elif tool == "ssl-floor":
+        cmd = [python, "-c", "import ssl, sys; print(sys.version.split()[0], ssl.OPENSSL_VERSION)"]
     else:
         cmd = [tool, "--version"]
     try:
@@ -1147,13 +1174,13 @@ def available_tools(args: argparse.Namespace, env: dict[str, str], cwd: Path) ->
     """The tools to run, and notes about those skipped."""
     notes = []
     tools = []
-    for tool in args.tools or ALL_TOOLS:
+    for tool in args.tools or [t for t in ALL_TOOLS if t not in OPT_IN_TOOLS]:
         if tool.startswith("asyncdl"):
             problem = check_asyncdl(args.python, env, cwd)
             if problem:
                 notes.append(f"asyncdl skipped: `{args.python} -m asyncdl --help` failed: {problem}")
                 continue
-        elif shutil.which(tool) is None:
+        elif tool not in PYTHON_TOOLS and shutil.which(tool) is None:
             notes.append(f"{tool} skipped: not installed")
             continue
         tools.append(tool)
@@ -1290,8 +1317,10 @@ def prepare(args: argparse.Namespace, cleanup: contextlib.ExitStack, meta: dict[
     home, scratch, www = work / "home", work / "scratch", work / "www"
     for directory in (home, scratch, www):
         directory.mkdir()
-    package_root, code = snapshot_package(work / "src", args.asyncdl_rev)
-    baseline_root = snapshot_package(work / "base-src", args.baseline_rev)[0] if args.baseline_rev else None
+    package_root, code = snapshot_package(work / "src", args.asyncdl_rev, python=args.python)
+    baseline_root = None
+    if args.baseline_rev:
+        baseline_root = snapshot_package(work / "base-src", args.baseline_rev, python=args.python)[0]
     env = tool_environment(home, package_root)
     tools, skip_notes = available_tools(args, env, scratch)
 
@@ -1357,7 +1386,9 @@ def run_workload(session: Session, dataset: Dataset) -> WorkloadResult:
     tools = [
         t
         for t in session.tools
-        if not (w.files > 1 and t in SINGLE_FILE_ONLY_TOOLS) and not (w.single and t in LIST_ONLY_TOOLS)
+        if not (w.files > 1 and t in SINGLE_FILE_ONLY_TOOLS)
+        and not (w.single and t in LIST_ONLY_TOOLS)
+        and not (not w.tls and t in TLS_ONLY_TOOLS)
     ]
     if not session.args.tools:
         for tool in sorted(w.slow_peers & set(tools)):

@@ -92,7 +92,7 @@ def measure(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> bool:
     home, scratch, www = work / "home", work / "scratch", work / "www"
     for directory in (home, scratch, www):
         directory.mkdir()
-    package_root, code = snapshot_package(work / "src", args.asyncdl_rev)
+    package_root, code = snapshot_package(work / "src", args.asyncdl_rev, python=args.python)
     env = tool_environment(home, package_root)
     problem = check_asyncdl(args.python, env, scratch)
     if problem:
