@@ -283,7 +283,18 @@ def failure_reason(error: str) -> str:
         match = pattern.search(error)
         if match:
             return reason.format(*match.groups())
-    return error.splitlines()[0][:60] if error else "failed"
+    return _shorten(error.splitlines()[0]) if error else "failed"
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """``text`` in at most ``limit`` characters, cut between words, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "\u2026"
 
 
 # --- renderers ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from asyncdl import Result, Status
 from asyncdl._exceptions import UsageError
 from asyncdl._pool import bounded_map
-from asyncdl._progress import Progress, format_bytes, overall_line, summary_line
+from asyncdl._progress import Progress, failure_reason, format_bytes, overall_line, summary_line
 from asyncdl._ratelimit import RateLimiter, parse_rate
 
 
@@ -161,3 +161,12 @@ async def test_pool_propagates_a_programming_error() -> None:
     with pytest.raises(ValueError, match="boom"):
         async for _ in bounded_map(items(), prepare, work, workers=2):
             pass
+
+
+def test_an_unknown_failure_reason_is_shortened_between_words() -> None:
+    error = "the server said something nobody expected, at considerable length and in detail\nsecond line"
+    reason = failure_reason(error)
+    assert reason == "the server said something nobody expected, at considerable\u2026"
+    assert len(reason) <= 60
+    assert failure_reason("short and unknown") == "short and unknown"
+    assert failure_reason("x" * 100) == "x" * 59 + "\u2026"  # one long word: cut inside it
