@@ -13,11 +13,13 @@ A download is a *ticket*. Its life::
     finish()             -> DONE    (its slot is free)
     park(not_before=T)   -> PARKED  (its slot is free: waiting for a retry holds no slot)
     PARKED, once T has come -> back in its origin's queue, ahead of later arrivals; after a
-                                Retry-After, behind the downloads already waiting (see below)
+                                Retry-After, behind its origin's downloads not asked for yet
+                                (see below), still ahead of other origins' later arrivals
     withdraw()           -> DONE    (WAITING or PARKED only; a RUNNING ticket is cancelled by the pool,
                                      which then calls finish())
 
-``take(now)`` answers with the oldest ticket (by arrival) whose origin may start a request now:
+``take(now)`` answers with the oldest ticket (by arrival) whose origin may start a request now (within
+an origin, the ones that got a Retry-After come after the ones not asked for yet: see below):
 
 - at most ``jobs`` tickets run at once (``jobs`` may change at any time; running ones go on);
 - an origin runs at most ``max_per_host`` at once (None: no cap but ``jobs``);
@@ -27,7 +29,7 @@ A download is a *ticket*. Its life::
   answers, or answers at a crawl, never holds more than 2; after attempts stalled or crawled
   (below the speed floor) the limit is back at ``STALLED_SLOTS``, each further round of them halves
   it (down to 1), and it grows again the same way;
-- an origin is held back until a time: a ``Retry-After`` it sent (when that time comes, the
+- an origin is held back until a time: a ``Retry-After`` it sent (when that time comes, its
   downloads not yet asked for go first and the ones that got the Retry-After follow: an origin that
   answers every URL's first request with 429 or 503 "come back later", as a cache that fetches on
   demand does, then has every URL's first request made as early as the windows allow, so the list
@@ -166,6 +168,7 @@ class Ticket:
     """One download in the scheduler. ``job`` and ``owner`` are the pool's; the rest is ours."""
 
     __slots__ = (
+        "behind",
         "down",
         "job",
         "not_before",
@@ -190,11 +193,15 @@ class Ticket:
         self.round = 0  # its origin's failure rounds when it was taken
         self.down: str | None = None  # set by take(): its origin is down, and why
         self.proving = False  # set by take(): its origin has not earned all its slots yet
-        self.requeue = False  # set by observe(): a Retry-After; once unparked, behind those waiting
+        self.requeue = False  # set by observe(): a Retry-After; once unparked, ``behind``
+        self.behind = False  # in its origin's queue, after the downloads not asked for yet
         self.task: Any = None  # the pool's: the task running it
         self.started = False  # the pool's: that task has begun (a cancel then reaches its code)
 
     def __lt__(self, other: Ticket) -> bool:
+        # The order in an origin's queue: by arrival, the ones that got a Retry-After last.
+        if self.behind is not other.behind:
+            return other.behind
         return self.seq < other.seq
 
     def __repr__(self) -> str:
@@ -472,9 +479,7 @@ class Scheduler:
         self.parked -= 1
         self.waiting += 1
         ticket.state = State.WAITING
-        if ticket.requeue:
-            ticket.requeue = False
-            ticket.seq = next(self._seq)  # behind every download added so far (not in a heap now)
+        ticket.behind, ticket.requeue = ticket.requeue, False
         self._enqueue(ticket, state)
 
     def _wake_parked(self, state: Origin) -> None:

@@ -108,6 +108,24 @@ def test_after_a_retry_after_the_first_requests_of_the_others_go_before_the_retr
     assert now == 90.0
 
 
+def test_after_a_retry_after_a_download_keeps_its_place_before_other_origins_later_arrivals() -> None:
+    # The order after a Retry-After changes within its origin only: against other origins the
+    # download keeps its place by arrival, and runs again when its time comes.
+    scheduler = Scheduler(jobs=1)
+    limited = scheduler.add("a1", A)
+    assert scheduler.take(0.0) is limited
+    scheduler.observe(limited, Signal.RETRY_AFTER, 0.0, retry_after=5.0)
+    scheduler.park(limited, not_before=5.0)
+    b1, b2, b3 = (scheduler.add(f"b{i}", B) for i in (1, 2, 3))
+    assert scheduler.take(0.0) is b1
+    scheduler.finish(b1)
+    assert scheduler.take(4.0) is b2
+    scheduler.finish(b2)
+    assert scheduler.take(6.0) is limited  # its time came at 5 s: before b3, which came later
+    scheduler.finish(limited)
+    assert scheduler.take(6.0) is b3
+
+
 def test_after_a_retry_after_every_download_of_the_origin_may_go() -> None:
     scheduler = Scheduler(jobs=16)
     tickets = [scheduler.add(i, A) for i in range(10)]
