@@ -559,6 +559,22 @@ class _Job:
         """
         engine = self.engine
         progress = engine.progress
+        on_bytes = self._on_bytes
+        floor = None
+        if self.speed_floor_bps:
+            # The attempt's rate over all its connections, as aria2c's --lowest-speed-limit: below
+            # the floor for a window, the whole attempt is cut (the pieces done stay on disk).
+            floor = SpeedFloor(self.speed_floor_bps, engine.settings.speed_window_s)
+            got = 0
+
+            async def on_bytes(n: int) -> None:
+                nonlocal got
+                await self._on_bytes(n)
+                got += n
+                slow = floor.too_slow(got)
+                if slow is not None:
+                    raise self._too_slow(slow, floor, url)
+
         if pieces is None:
             async with open_body(
                 engine.session, url, offset=0, end=PIECE_SIZE - 1, headers=self.headers, hop=self.hop
@@ -593,8 +609,8 @@ class _Job:
                     0,
                     PIECE_SIZE,
                     write_at=self.temp.write_at,
-                    on_bytes=self._on_bytes,
-                    splice=self._splice_into(),
+                    on_bytes=on_bytes,
+                    splice=self._splice_into(floor),
                 )
             pieces.mark_done(0)
             await self.temp.save_meta(dataclasses.replace(meta, pieces=pieces.to_json()))
@@ -626,11 +642,11 @@ class _Job:
                 pieces,
                 open_piece=open_piece,
                 write_at=self.temp.write_at,
-                on_bytes=self._on_bytes,
+                on_bytes=on_bytes,
                 on_piece_done=piece_done,
                 connections=self.connections,
                 max_failures=max(1, min(self.policy.retries, _UNLIMITED_RETRIES)) * self.connections,
-                splice=self._splice_into(),
+                splice=self._splice_into(floor),
             )
         except FileChanged:
             await self.temp.discard()
@@ -639,9 +655,10 @@ class _Job:
         hasher = await hash_prefix(self.temp.path, pieces.total, checksum.algorithm) if checksum else None
         return await self._finish(url, hasher, pieces.total)
 
-    def _splice_into(self) -> SpliceInto | None:
-        """Where the pieces may be spliced: the pre-sized file, unless a rate limit applies."""
-        if self.limiter is not None:
+    def _splice_into(self, floor: SpeedFloor | None) -> SpliceInto | None:
+        """Where the pieces may be spliced: the pre-sized file, unless a rate limit or a speed floor
+        applies (spliced bytes are not seen by either)."""
+        if self.limiter is not None or floor is not None:
             return None
 
         def landed(n: int) -> None:
@@ -714,11 +731,7 @@ class _Job:
             if floor is not None:
                 slow = floor.too_slow(got)
                 if slow is not None:
-                    raise SlowError(
-                        f"too slow: {format_bytes(slow)}/s over {floor.window_s:g} s, below the speed "
-                        f"floor of {format_bytes(floor.min_bps)}/s",
-                        url=url,
-                    )
+                    raise self._too_slow(slow, floor, url)
             if hasher is not None:
                 hasher.update(chunk)
             progress.advance(key, n)
@@ -731,6 +744,14 @@ class _Job:
         if splice:
             hasher = await self._hash_file()
         return await self._finish(url, hasher, size)
+
+    @staticmethod
+    def _too_slow(rate: float, floor: SpeedFloor, url: str) -> SlowError:
+        return SlowError(
+            f"too slow: {format_bytes(rate)}/s over {floor.window_s:g} s, below the speed "
+            f"floor of {format_bytes(floor.min_bps)}/s",
+            url=url,
+        )
 
     def _proven(self) -> None:
         """This attempt brought PROVEN_BYTES: tell the scheduler (once)."""

@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._exceptions import ConnectError, TransientError
+from ._exceptions import ConnectError, SlowError, TransientError
 
 # 4 MiB pieces: few enough requests on a fast link (256 for 1 GiB), short enough (0.5 s at 8 MiB/s)
 # that the last piece of a throttled download does not straggle.
@@ -185,7 +185,8 @@ async def fetch_pieces(
 
     A piece that fails with a transient error goes back in the queue (its partial bytes are simply
     fetched again); after ``max_failures`` failures in all, the last error is raised. A 200 answer
-    raises FileChanged. Any other error stops every connection and is raised.
+    raises FileChanged. SlowError (raised by ``on_bytes``: the attempt as a whole is below its speed
+    floor) and any other error stop every connection and are raised.
     """
     queue = deque(pieces.pending())
     failures = 0
@@ -204,6 +205,8 @@ async def fetch_pieces(
             index = queue.popleft()
             try:
                 await fetch_one(index)
+            except SlowError:
+                raise  # the whole attempt is below its speed floor: another piece would not help
             except TransientError:
                 failures += 1
                 if failures > max_failures:

@@ -20,6 +20,7 @@ from faultserver import FaultServer
 from asyncdl import Downloader, Request, RetryPolicy, Status, download_many
 from asyncdl._hosts import HostRules, Retry, Scheduler, Signal
 from asyncdl._pool import Pool
+from asyncdl._segments import PIECE_SIZE
 
 BODY = b"x" * 2000
 
@@ -242,6 +243,31 @@ async def test_lowest_speed_limit_cuts_a_crawling_attempt_and_resumes(
     assert (tmp_path / "crawl").read_bytes() == body
     (fast_request,) = fault_server.requests_for("/fast")
     assert (fast_request.header("Range") or "").startswith("bytes=")
+
+
+async def test_lowest_speed_limit_cuts_a_crawling_segmented_attempt(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    body = bytes(range(256)) * (2 * PIECE_SIZE // 256) + b"tail"  # three pieces
+    fault_server.route("/big", body=body, rate=1_000_000)  # 1 MB/s a connection: 2 MB/s with -x 2
+    (result,) = await download_many(
+        [fault_server.url("/big")],
+        tmp_path / "slow",
+        connections=2,
+        timeout=0.5,
+        lowest_speed_limit="8M",
+        retry_policy=fast(1),
+    )
+    assert result.status is Status.FAILED and result.attempts == 2
+    assert "too slow" in (result.error or "") and "speed floor of 8.0 MiB/s" in (result.error or "")
+    # Below the rate, the floor lets a segmented download through, byte for byte.
+    fault_server.route("/big", body=body)
+    (result,) = await download_many(
+        [fault_server.url("/big")], tmp_path / "ok", connections=2, timeout=5, lowest_speed_limit="1K"
+    )
+    assert result.status is Status.OK, result.error
+    assert (tmp_path / "ok" / "big").read_bytes() == body
+    assert len(fault_server.requests_for("/big")) >= 2 + 3  # the cut attempts, then three pieces
 
 
 async def test_retry_on_adds_statuses(fault_server: FaultServer, tmp_path: Path) -> None:
