@@ -175,7 +175,6 @@ class Ticket:
         "origin",
         "owner",
         "proving",
-        "requeue",
         "round",
         "seq",
         "started",
@@ -193,8 +192,8 @@ class Ticket:
         self.round = 0  # its origin's failure rounds when it was taken
         self.down: str | None = None  # set by take(): its origin is down, and why
         self.proving = False  # set by take(): its origin has not earned all its slots yet
-        self.requeue = False  # set by observe(): a Retry-After; once unparked, ``behind``
-        self.behind = False  # in its origin's queue, after the downloads not asked for yet
+        self.behind = False  # set by observe(): a Retry-After; back in its origin's queue, it
+        # comes after the downloads not asked for yet (reset by take())
         self.task: Any = None  # the pool's: the task running it
         self.started = False  # the pool's: that task has begun (a cancel then reaches its code)
 
@@ -303,6 +302,7 @@ class Scheduler:
             state.active += 1
             self.running += 1
             head.state = State.RUNNING
+            head.behind = False
             head.round = state.rounds
             head.down = state.down_reason if now < state.down_until else None
             head.proving = state.cap is not None
@@ -381,7 +381,7 @@ class Scheduler:
             return
         if signal is Signal.RETRY_AFTER:
             self._block(state, now + max(0.0, retry_after or 0.0))
-            ticket.requeue = True
+            ticket.behind = True
             if not state.suspect:
                 # It answers at once and says when to come back: its own flow control; when that
                 # time comes, every download waiting for it may go (not 2 at first, then more).
@@ -479,7 +479,6 @@ class Scheduler:
         self.parked -= 1
         self.waiting += 1
         ticket.state = State.WAITING
-        ticket.behind, ticket.requeue = ticket.requeue, False
         self._enqueue(ticket, state)
 
     def _wake_parked(self, state: Origin) -> None:
