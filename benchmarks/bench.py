@@ -867,10 +867,10 @@ def _tail(path: Path, limit: int = 600) -> str:
         return f.read().decode(errors="replace").strip()
 
 
-def check_asyncdl(python: str, env: dict[str, str], cwd: Path) -> str | None:
-    """None when `python -m asyncdl --help` works, else why not."""
+def _asyncdl_help(python: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str] | str:
+    """The run of `python -m asyncdl --help`, or why it could not run."""
     try:
-        done = subprocess.run(
+        return subprocess.run(
             [python, "-m", "asyncdl", "--help"],
             capture_output=True,
             text=True,
@@ -881,6 +881,13 @@ def check_asyncdl(python: str, env: dict[str, str], cwd: Path) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
+
+
+def check_asyncdl(python: str, env: dict[str, str], cwd: Path) -> str | None:
+    """None when `python -m asyncdl --help` works, else why not."""
+    done = _asyncdl_help(python, env, cwd)
+    if isinstance(done, str):
+        return done
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return lines[-1] if lines else f"exit status {done.returncode}"
@@ -889,19 +896,8 @@ def check_asyncdl(python: str, env: dict[str, str], cwd: Path) -> str | None:
 
 def asyncdl_has_option(python: str, env: dict[str, str], cwd: Path, option: str) -> bool:
     """Whether `python -m asyncdl --help` lists `option`."""
-    try:
-        done = subprocess.run(
-            [python, "-m", "asyncdl", "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            cwd=cwd,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return option in done.stdout
+    done = _asyncdl_help(python, env, cwd)
+    return not isinstance(done, str) and option in done.stdout
 
 
 def smoke_test_asyncdl(setup: ToolSetup, env: dict[str, str], scratch: Path, base_url: str) -> str | None:
